@@ -1,0 +1,198 @@
+//! Wiring: build the store, adapters, actions and router from a [`Config`],
+//! then run the HTTP server, the workers and housekeeping until shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Secret};
+use crate::http::{self, AppState, Source};
+use crate::pipeline::{
+    Actions, Backoff, ClassifyAction, RulesClassifier, WorkerPool, WorkerSettings,
+};
+use crate::store::{Store, now_millis, sqlite::SqliteStore};
+
+/// How often expired dedup keys and old records are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    pool: WorkerPool,
+    config: Config,
+}
+
+impl App {
+    /// Opens the store and binds the listener; nothing runs until
+    /// [`App::run_until_stopped`].
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store: Arc<dyn Store> = match config.sqlite_path() {
+            Some(path) => Arc::new(
+                SqliteStore::open(
+                    &path,
+                    config.store.busy_timeout.0,
+                    config.store.max_rejections,
+                )
+                .with_context(|| format!("opening the store at {}", path.display()))?,
+            ),
+            None => anyhow::bail!(
+                "store.url {:?} is not supported by this build",
+                config.store.url
+            ),
+        };
+        let listener = TcpListener::bind(config.listen_addr()?)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let local = listener.local_addr()?;
+
+        let mut sources = HashMap::new();
+        let mut follow_ups = HashMap::new();
+        for s in &config.sources {
+            let provider = crate::providers::build(s);
+            if !provider.is_signed() {
+                tracing::warn!(source = %s.name, provider = s.provider.as_str(), "Source has no secret: requests are not verified.");
+            }
+            let mut redact = Vec::new();
+            if let Some(sig) = &s.signature {
+                redact.push(sig.header.to_ascii_lowercase());
+            }
+            follow_ups.insert(s.name.clone(), s.action_names());
+            sources.insert(
+                s.name.clone(),
+                Source {
+                    config: s.clone(),
+                    provider,
+                    redact,
+                },
+            );
+        }
+        let rules =
+            RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
+        let actions = Actions {
+            classify: Some(Arc::new(ClassifyAction { rules, follow_ups })),
+            by_source: HashMap::new(),
+        };
+        let admin_token = match &config.server.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let token = crate::domain::new_id("adm_");
+                tracing::warn!(admin_token = %token, "No server.admin_token set; using this random one for this run.");
+                Secret::new(token)
+            }
+        };
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}"))
+            .trim_end_matches('/')
+            .to_string();
+        let state = Arc::new(AppState {
+            sources,
+            store: store.clone(),
+            public_url,
+            max_body_bytes: config.server.max_body_bytes,
+            dedup_window: config.store.dedup_window.0,
+            admin_token,
+            started: Instant::now(),
+            workers: config.workers.concurrency,
+            metrics: crate::telemetry::metrics_handle(),
+        });
+        let w = &config.workers;
+        let pool = WorkerPool::new(
+            store,
+            actions,
+            WorkerSettings {
+                concurrency: w.concurrency,
+                max_attempts: w.max_attempts,
+                backoff: Backoff {
+                    base: w.backoff_base.0,
+                    max: w.backoff_max.0,
+                },
+                lease: w.lease.0,
+            },
+        );
+        Ok(App {
+            listener,
+            state,
+            pool,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    pub fn workers(&self) -> WorkerPool {
+        self.pool.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled: stops accepting, finishes
+    /// in-flight requests, gives running jobs `server.shutdown_grace`.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grace = self.config.server.shutdown_grace.0;
+        let workers = tokio::spawn(self.pool.clone().run_until_stopped(shutdown.clone(), grace));
+        let housekeeping = tokio::spawn(prune_loop(
+            self.state.store.clone(),
+            self.config.store.dedup_window.0,
+            self.config.store.retention.0,
+            shutdown.clone(),
+        ));
+        let router = http::router(self.state.clone());
+        let listener = self.listener.tap_io(|tcp| {
+            // ACKs are small; don't let Nagle hold them back.
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop = shutdown.clone();
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        tracing::info!("Shutting down: finishing in-flight requests and running jobs.");
+        match tokio::time::timeout(grace, server).await {
+            Ok(r) => r.context("server task")?.context("server")?,
+            Err(_) => tracing::warn!("In-flight requests did not finish in time."),
+        }
+        let _ = workers.await;
+        housekeeping.abort();
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
+async fn prune_loop(
+    store: Arc<dyn Store>,
+    dedup_window: Duration,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let now = now_millis();
+        let dedup_cutoff = now - dedup_window.as_millis() as i64;
+        let retention_cutoff = now - retention.as_millis() as i64;
+        if let Err(e) = store.prune(dedup_cutoff, retention_cutoff).await {
+            tracing::warn!(error = %e, "Pruning failed; will retry.");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}

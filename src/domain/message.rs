@@ -1,0 +1,77 @@
+//! The normalized inbound message (SPEC §4) and the events that are stored
+//! but start no processing (status callbacks, our own outgoing messages,
+//! other event types, quarantined bodies).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{MessageId, PhoneNumber};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Whatsapp,
+    /// Anything a provider adds (respond.io's `channel.source`, Standard Webhooks' `other`).
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl Channel {
+    pub fn from_name(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "sms" => Self::Sms,
+            "whatsapp" => Self::Whatsapp,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Media {
+    pub url: String,
+    pub content_type: Option<String>,
+}
+
+/// One message as a provider module hands it over: verified and normalized,
+/// not yet stored. The store assigns nothing: `id` is minted here so a
+/// request's response and logs can name it before the commit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboundMessage {
+    pub id: MessageId,
+    pub source: String,
+    pub provider: &'static str,
+    pub external_id: String,
+    /// What dedup is keyed on within the source; usually `external_id`,
+    /// `instance:key.id` for Evolution.
+    #[serde(skip)]
+    pub dedup_key: String,
+    pub channel: Channel,
+    pub from: Option<PhoneNumber>,
+    pub to: Option<String>,
+    pub text: Option<String>,
+    pub media: Vec<Media>,
+    pub received_at: String,
+    pub raw: Value,
+}
+
+/// Something stored and acknowledged that counts in neither `accepted` nor
+/// `duplicates` and starts no processing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboundEvent {
+    /// e.g. `status`, `from_me`, `messages.update`, `quarantined`.
+    pub kind: String,
+    /// The provider id of the message the event is about, if any
+    /// (a status callback's `MessageSid`), so it can be linked to it.
+    pub external_id: Option<String>,
+    pub payload: Value,
+}
+
+/// Now as RFC 3339 UTC with second precision.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,271 @@
+//! `POST /hooks/{source}`: keep the raw bytes, let the provider adapter
+//! verify and normalize them, hand the result to the store's group commit,
+//! and answer only once it is durable. The handler never waits on an
+//! action, only on the commit. `GET /hooks/{source}` is Meta's handshake.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value};
+
+use crate::config::OnInvalid;
+use crate::domain::{InboundEvent, now_rfc3339};
+use crate::providers::{ParseContext, Parsed, ProviderError, WebhookRequest};
+use crate::store::{IngestBatch, Rejection, now_millis};
+
+use super::{ApiError, AppState, Source};
+
+/// How much of a rejected body the rejections log keeps.
+const REJECTED_BODY_BYTES: usize = 64 * 1024;
+
+/// Headers whose values never reach the rejections log or logs.
+pub const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "x-twilio-signature",
+    "x-hub-signature-256",
+    "x-webhook-signature",
+    "webhook-signature",
+    "apikey",
+    "x-signature",
+];
+
+pub async fn receive(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let (label, result) = match st.sources.get(&name) {
+        None => (
+            "unknown",
+            Err((ApiError::unknown_source(&name), Bytes::new())),
+        ),
+        Some(source) => (
+            source.config.name.as_str(),
+            accept(&st, source, &method, &uri, &headers, body).await,
+        ),
+    };
+    let response = match result {
+        Ok(resp) => {
+            metrics::histogram!("inlet_ack_seconds").record(started.elapsed().as_secs_f64());
+            resp
+        }
+        Err((err, body)) => {
+            let redact = st
+                .sources
+                .get(&name)
+                .map(|s| s.redact.as_slice())
+                .unwrap_or(&[]);
+            log_rejection(&st, &name, &err, &headers, &body, redact).await;
+            err.into_response()
+        }
+    };
+    metrics::counter!(
+        "inlet_ingest_requests_total",
+        "source" => label.to_string(),
+        "status" => response.status().as_str().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// The checks of SPEC §3 in their order (413, 415, 401, 400), then the
+/// commit. Errors carry whatever body was read, for the rejections log.
+async fn accept(
+    st: &AppState,
+    source: &Source,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, (ApiError, Bytes)> {
+    let limit = st.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err((ApiError::too_large(limit), Bytes::new()));
+    }
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err((ApiError::too_large(limit), Bytes::new()));
+        }
+        Err(e) => {
+            return Err((
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_payload",
+                    format!("cannot read body: {e}"),
+                ),
+                Bytes::new(),
+            ));
+        }
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
+    let req = WebhookRequest {
+        method,
+        path_and_query,
+        headers,
+        body: &body,
+        public_url: &st.public_url,
+        now: now_millis() / 1000,
+    };
+    let provider = &source.provider;
+    let fail = |e: ProviderError| (ApiError::from(e), body.clone());
+    provider.check_content_type(&req).map_err(fail)?;
+    let verified = provider.verify(req).map_err(fail)?;
+    let received_at = now_rfc3339();
+    let ctx = ParseContext {
+        source: &source.config.name,
+        received_at: &received_at,
+    };
+    let parsed = match provider.parse(verified, ctx) {
+        Ok(p) => p,
+        Err(ProviderError::InvalidPayload(why))
+            if source.config.on_invalid == OnInvalid::Accept =>
+        {
+            tracing::warn!(source = %source.config.name, error = %why, "Quarantined an unparseable body.");
+            quarantine(&body, &why)
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let now = now_millis();
+    let batch = IngestBatch {
+        source: source.config.name.clone(),
+        messages: parsed.messages,
+        events: parsed.events,
+        dedup_cutoff: now - st.dedup_window.as_millis() as i64,
+        now,
+    };
+    let outcome = st
+        .store
+        .ingest(batch)
+        .await
+        .map_err(|e| (ApiError::from(e), body.clone()))?;
+    metrics::counter!("inlet_messages_total", "source" => source.config.name.clone(), "result" => "accepted")
+        .increment(outcome.accepted as u64);
+    metrics::counter!("inlet_messages_total", "source" => source.config.name.clone(), "result" => "duplicate")
+        .increment(outcome.duplicates as u64);
+    let ok = provider.success_body(outcome.accepted, outcome.duplicates);
+    Ok(([(header::CONTENT_TYPE, ok.content_type)], ok.body).into_response())
+}
+
+/// `on_invalid = "accept"`: the whole body kept as one event, nothing processed.
+fn quarantine(body: &[u8], why: &str) -> Parsed {
+    let mut payload = Map::new();
+    payload.insert("error".into(), Value::String(why.to_string()));
+    payload.insert(
+        "body".into(),
+        Value::String(String::from_utf8_lossy(body).into_owned()),
+    );
+    Parsed {
+        messages: Vec::new(),
+        events: vec![InboundEvent {
+            kind: "quarantined".into(),
+            external_id: None,
+            payload: Value::Object(payload),
+        }],
+    }
+}
+
+async fn log_rejection(
+    st: &AppState,
+    source: &str,
+    err: &ApiError,
+    headers: &HeaderMap,
+    body: &[u8],
+    extra_redact: &[String],
+) {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        let secret =
+            REDACTED_HEADERS.contains(&n) || extra_redact.iter().any(|r| r.eq_ignore_ascii_case(n));
+        let shown = if secret {
+            "[redacted]".to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        // Repeated headers are joined, as HTTP allows.
+        match map.get_mut(n) {
+            Some(Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&shown);
+            }
+            _ => {
+                map.insert(n.to_string(), Value::String(shown));
+            }
+        }
+    }
+    let body = String::from_utf8_lossy(&body[..body.len().min(REJECTED_BODY_BYTES)]).into_owned();
+    tracing::info!(source, status = err.status.as_u16(), code = err.code, reason = %err.message, "Rejected webhook.");
+    let rejection = Rejection {
+        at: now_rfc3339(),
+        source: source.to_string(),
+        status: err.status.as_u16(),
+        code: err.code.to_string(),
+        headers: map,
+        body,
+    };
+    // Bounded: a stalled store must not hold error answers for long.
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        st.store.reject(rejection),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Cannot record a rejection."),
+        Err(_) => tracing::warn!(
+            "Recording a rejection timed out; it is written when the store frees up."
+        ),
+    }
+}
+
+pub async fn handshake(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let result = match st.sources.get(&name) {
+        None => Err(ApiError::unknown_source(&name)),
+        Some(source) => source
+            .provider
+            .handshake(query.as_deref().unwrap_or(""))
+            .map_err(ApiError::from),
+    };
+    match result {
+        Ok(challenge) => ([(header::CONTENT_TYPE, "text/plain")], challenge).into_response(),
+        Err(e) => {
+            let redact = st
+                .sources
+                .get(&name)
+                .map(|s| s.redact.as_slice())
+                .unwrap_or(&[]);
+            log_rejection(
+                &st,
+                &name,
+                &e,
+                &headers,
+                query.as_deref().unwrap_or("").as_bytes(),
+                redact,
+            )
+            .await;
+            e.into_response()
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The HTTP surface: the router, shared state, and one module per group of
+//! routes. Only this module knows status codes (mapped once, in [`error`]).
+
+pub mod admin;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Secret, SourceConfig};
+use crate::providers::Provider;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// A configured source with its adapter.
+pub struct Source {
+    pub config: SourceConfig,
+    pub provider: Arc<dyn Provider>,
+    /// Header names whose values are redacted in the rejections log.
+    pub redact: Vec<String>,
+}
+
+/// Everything handlers share; built once by `app`.
+pub struct AppState {
+    pub sources: HashMap<String, Source>,
+    pub store: Arc<dyn Store>,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub dedup_window: Duration,
+    pub admin_token: Secret,
+    pub started: Instant,
+    pub workers: usize,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/hooks/{source}",
+            post(ingest::receive).get(ingest::handshake),
+        )
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/messages", get(admin::list_messages))
+        .route("/v1/messages/{id}", get(admin::get_message))
+        .route("/v1/messages/{id}/replay", post(admin::replay_message))
+        .route("/v1/dead-letters", get(admin::list_dead_letters))
+        .route("/v1/dead-letters/replay", post(admin::replay_dead_letters))
+        .route("/v1/rejections", get(admin::list_rejections))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}

@@ -1,0 +1,13 @@
+//! Background processing: workers claim jobs from the store under a lease,
+//! run their [`Action`], record the attempt and decide what happens next
+//! (done, retry with backoff, dead). Nothing here is on the ACK path.
+
+pub mod action;
+pub mod backoff;
+pub mod classify;
+pub mod worker;
+
+pub use action::{Action, ActionError, ActionOutput, Actions, ClassifyAction};
+pub use backoff::Backoff;
+pub use classify::RulesClassifier;
+pub use worker::{WorkerPool, WorkerSettings};

@@ -1,0 +1,189 @@
+//! Durable state behind the [`Store`] trait: messages with their raw
+//! payload, dedup keys, jobs with leases, the attempts log, events and the
+//! rejections log. Only this module holds SQL.
+//!
+//! The SQLite implementation group-commits: concurrent writes are batched
+//! into one transaction and one fsync, and each caller is answered only
+//! after its batch is committed. A PostgreSQL implementation will satisfy
+//! the same trait.
+
+pub mod gauges;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::{InboundEvent, InboundMessage, Intent};
+
+pub use gauges::{QueueCounts, QueueGauges};
+
+/// Milliseconds since the Unix epoch; the store's only clock unit.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first job every accepted message gets; forward/reply jobs are
+/// enqueued when it completes.
+pub const CLASSIFY: &str = "classify";
+
+/// Everything one webhook request carried, to commit atomically.
+#[derive(Debug, Clone)]
+pub struct IngestBatch {
+    pub source: String,
+    pub messages: Vec<InboundMessage>,
+    pub events: Vec<InboundEvent>,
+    /// When a key was first seen before this, it is forgotten and accepted again.
+    pub dedup_cutoff: Millis,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Ids of the accepted messages, in request order.
+    pub accepted_ids: Vec<String>,
+}
+
+/// A job handed to a worker under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub message_id: String,
+    pub source: String,
+    pub action: String,
+    /// Attempts already recorded before this run.
+    pub attempts: u32,
+    /// The normalized message as stored (intent and conversation included
+    /// once known).
+    pub message: Value,
+}
+
+/// One recorded attempt (SPEC §5 `attempts`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub action: String,
+    pub destination: Option<String>,
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// What happens to a job after a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobNext {
+    Done,
+    /// Run again at this time; the attempt was charged.
+    Retry {
+        at: Millis,
+    },
+    /// Run again at this time without charging an attempt (open breaker).
+    Defer {
+        at: Millis,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct JobCompletion {
+    pub job_id: i64,
+    pub message_id: String,
+    pub attempt: Option<AttemptRecord>,
+    pub next: JobNext,
+    pub set_intent: Option<Intent>,
+    pub set_conversation: Option<String>,
+    /// Jobs to enqueue for the same message, in the same transaction.
+    pub follow_ups: Vec<String>,
+    pub now: Millis,
+}
+
+/// A rejected request as the rejections log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub at: String,
+    pub source: String,
+    pub status: u16,
+    pub code: String,
+    pub headers: serde_json::Map<String, Value>,
+    pub body: String,
+}
+
+/// Filters and paging of the admin listings.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub source: Option<String>,
+    pub status: Option<String>,
+    pub intent: Option<String>,
+    pub contact: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not commit (locked, busy, disk full, gone).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("not found")]
+    NotFound,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// The durable store. Every write method returns only after its effects
+/// are committed.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Dedup and store the messages and events of one request, creating a
+    /// `classify` job per accepted message.
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError>;
+    /// Lease up to `limit` due jobs.
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedJob>, StoreError>;
+    async fn complete(&self, completion: JobCompletion) -> Result<(), StoreError>;
+    async fn reject(&self, rejection: Rejection) -> Result<(), StoreError>;
+    /// Drop expired dedup keys, messages past retention and old rejections.
+    async fn prune(&self, dedup_cutoff: Millis, retention_cutoff: Millis)
+    -> Result<(), StoreError>;
+    /// When the earliest pending job is due, if any.
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+    /// Ok when the store accepts writes.
+    async fn probe(&self) -> Result<(), StoreError>;
+    /// In-memory queue counts, kept current by the store on every commit.
+    fn gauges(&self) -> &QueueGauges;
+    /// Notified whenever new work became runnable (an ingest, a retry, a
+    /// follow-up job), so workers claim at once instead of polling.
+    fn work_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
+
+    async fn list_messages(&self, q: ListQuery) -> Result<Page, StoreError>;
+    async fn get_message(&self, id: &str) -> Result<Value, StoreError>;
+    async fn list_rejections(&self, q: ListQuery) -> Result<Page, StoreError>;
+    async fn list_dead_letters(&self, q: ListQuery) -> Result<Page, StoreError>;
+    /// Re-run a message's jobs (only the dead ones when `only_failed`).
+    async fn replay_message(&self, id: &str, only_failed: bool) -> Result<usize, StoreError>;
+    /// Re-run dead jobs matching source/action; returns how many.
+    async fn replay_dead(
+        &self,
+        source: Option<String>,
+        action: Option<String>,
+    ) -> Result<usize, StoreError>;
+}

@@ -1,0 +1,254 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`
+//! (every commit is fsynced), a single writer thread that group-commits
+//! ([`writer`]), and a read connection for the admin API ([`queries`]).
+//!
+//! SQLite serves one process: a lock file next to the database keeps a
+//! second `inlet` off it, which is also why, at open, jobs left `running`
+//! by a previous (crashed) process can be released at once instead of
+//! waiting out their leases.
+
+mod queries;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{
+    ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, ListQuery, Millis, Page, QueueGauges,
+    Rejection, Store, StoreError, now_millis,
+};
+use writer::{Op, Writer, map_err};
+
+/// How many ops may wait for the writer; senders wait beyond that
+/// (back-pressure instead of unbounded memory).
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+pub struct SqliteStore {
+    tx: mpsc::Sender<Op>,
+    reader: Arc<Mutex<Connection>>,
+    gauges: Arc<QueueGauges>,
+    work: Arc<Notify>,
+    max_rejections: u64,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn open_conn(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsynced at every commit; a 200 means on disk.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        max_rejections: u64,
+    ) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = File::create(&lock_path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", lock_path.display()))
+        })?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "{} is in use by another inlet process (lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+
+        let conn = open_conn(path, busy_timeout).map_err(map_err)?;
+        conn.execute_batch(include_str!("schema.sql"))
+            .map_err(map_err)?;
+        // We hold the lock: whatever is `running` belongs to a dead process.
+        conn.execute(
+            "UPDATE jobs SET status = 'pending', lease_until = NULL WHERE status = 'running'",
+            [],
+        )
+        .map_err(map_err)?;
+        let gauges = Arc::new(QueueGauges::default());
+        gauges.set(writer::count_queue(&conn).map_err(map_err)?);
+
+        let reader = open_conn(path, busy_timeout).map_err(map_err)?;
+        let work = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let w = Writer::new(conn, gauges.clone(), work.clone());
+        std::thread::Builder::new()
+            .name("inlet-sqlite-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+
+        Ok(Self {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            gauges,
+            work,
+            max_rejections,
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn).map_err(map_err)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError> {
+        self.call(|tx| Op::Ingest(batch, tx)).await
+    }
+
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedJob>, StoreError> {
+        let lease_ms = lease.as_millis() as i64;
+        let now = now_millis();
+        self.call(|reply| Op::Claim {
+            limit,
+            lease_ms,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete(&self, completion: JobCompletion) -> Result<(), StoreError> {
+        self.call(|tx| Op::Complete(completion, tx)).await
+    }
+
+    async fn reject(&self, rejection: Rejection) -> Result<(), StoreError> {
+        self.call(|tx| Op::Reject(rejection, now_millis(), tx))
+            .await
+    }
+
+    async fn prune(
+        &self,
+        dedup_cutoff: Millis,
+        retention_cutoff: Millis,
+    ) -> Result<(), StoreError> {
+        let max_rejections = self.max_rejections;
+        self.call(|reply| Op::Prune {
+            dedup_cutoff,
+            retention_cutoff,
+            max_rejections,
+            reply,
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(queries::next_due).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.call(Op::Probe).await
+    }
+
+    fn gauges(&self) -> &QueueGauges {
+        &self.gauges
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        self.work.clone()
+    }
+
+    async fn list_messages(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.read(move |c| queries::list_messages(c, &q)).await
+    }
+
+    async fn get_message(&self, id: &str) -> Result<Value, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| queries::get_message(c, &id))
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn list_rejections(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.read(move |c| queries::list_rejections(c, &q)).await
+    }
+
+    async fn list_dead_letters(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.read(move |c| queries::list_dead_letters(c, &q)).await
+    }
+
+    async fn replay_message(&self, id: &str, only_failed: bool) -> Result<usize, StoreError> {
+        let message_id = Some(id.to_string());
+        let now = now_millis();
+        let n = self
+            .call(|reply| Op::Replay {
+                message_id,
+                only_failed,
+                source: None,
+                action: None,
+                now,
+                reply,
+            })
+            .await?;
+        if n == 0 {
+            // Distinguish "nothing to replay" from "no such message".
+            self.get_message(id).await?;
+        }
+        Ok(n)
+    }
+
+    async fn replay_dead(
+        &self,
+        source: Option<String>,
+        action: Option<String>,
+    ) -> Result<usize, StoreError> {
+        let now = now_millis();
+        self.call(|reply| Op::Replay {
+            message_id: None,
+            only_failed: true,
+            source,
+            action,
+            now,
+            reply,
+        })
+        .await
+    }
+}

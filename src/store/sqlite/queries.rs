@@ -1,0 +1,200 @@
+//! Read-side queries of the admin API, on their own connection so reads
+//! never queue behind the writer (WAL lets them run during a commit).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Value, json};
+
+use super::super::{ListQuery, Page};
+
+/// The normalized message with what processing added since ingest.
+pub fn message_doc(doc: String, intent: Option<String>, conversation: Option<String>) -> Value {
+    let mut v: Value = serde_json::from_str(&doc).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert(
+            "conversation_id".into(),
+            conversation.map(Value::String).unwrap_or(Value::Null),
+        );
+        o.insert(
+            "intent".into(),
+            intent
+                .and_then(|i| serde_json::from_str(&i).ok())
+                .unwrap_or(Value::Null),
+        );
+    }
+    v
+}
+
+/// A message's status from its jobs: dead if any is dead, pending while any
+/// is to run, else done.
+const STATUS_SQL: &str = "CASE
+    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.status = 'dead') THEN 'dead'
+    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.status IN ('pending', 'running')) THEN 'pending'
+    ELSE 'done' END";
+
+fn with_status(row: &Row<'_>) -> rusqlite::Result<Value> {
+    let mut doc = message_doc(row.get(0)?, row.get(1)?, row.get(2)?);
+    if let Value::Object(o) = &mut doc {
+        o.insert("status".into(), Value::String(row.get(3)?));
+    }
+    Ok(doc)
+}
+
+fn page(items: Vec<Value>, limit: usize, cursor_of: impl Fn(&Value) -> Option<String>) -> Page {
+    let next_cursor = if items.len() == limit {
+        items.last().and_then(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+pub fn list_messages(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
+    let sql = format!(
+        "SELECT doc, intent, conversation_id, status FROM (
+           SELECT m.id, m.source, m.contact, m.intent_label, m.doc, m.intent, m.conversation_id,
+                  {STATUS_SQL} AS status
+           FROM messages m
+           WHERE (?1 IS NULL OR m.source = ?1) AND (?2 IS NULL OR m.id < ?2)
+             AND (?3 IS NULL OR m.intent_label = ?3) AND (?4 IS NULL OR m.contact = ?4)
+         ) WHERE (?5 IS NULL OR status = ?5)
+         ORDER BY id DESC LIMIT ?6"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let items = stmt
+        .query_map(
+            params![
+                q.source,
+                q.cursor,
+                q.intent,
+                q.contact,
+                q.status,
+                q.limit as i64
+            ],
+            with_status,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
+}
+
+pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
+    let sql = format!(
+        "SELECT m.doc, m.intent, m.conversation_id, {STATUS_SQL}, m.source, m.external_id
+         FROM messages m WHERE m.id = ?1"
+    );
+    let found = c
+        .prepare_cached(&sql)?
+        .query_row([id], |r| {
+            Ok((
+                with_status(r)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((mut doc, source, external_id)) = found else {
+        return Ok(None);
+    };
+    let events = c
+        .prepare_cached(
+            "SELECT id, kind, external_id, at, payload FROM events
+             WHERE source = ?1 AND external_id = ?2 ORDER BY at, id",
+        )?
+        .query_map(params![source, external_id], |r| {
+            Ok(json!({
+                "id": r.get::<_, String>(0)?,
+                "kind": r.get::<_, String>(1)?,
+                "external_id": r.get::<_, Option<String>>(2)?,
+                "at": rfc3339(r.get(3)?),
+                "payload": serde_json::from_str::<Value>(&r.get::<_, String>(4)?).unwrap_or(Value::Null),
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let attempts = c
+        .prepare_cached(
+            "SELECT action, destination, outcome, status_code, duration_ms, error, at
+             FROM attempts WHERE message_id = ?1 ORDER BY id",
+        )?
+        .query_map([id], |r| {
+            Ok(json!({
+                "action": r.get::<_, String>(0)?,
+                "destination": r.get::<_, Option<String>>(1)?,
+                "outcome": r.get::<_, String>(2)?,
+                "status_code": r.get::<_, Option<i64>>(3)?,
+                "duration_ms": r.get::<_, i64>(4)?,
+                "error": r.get::<_, Option<String>>(5)?,
+                "at": rfc3339(r.get(6)?),
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Value::Object(o) = &mut doc {
+        o.insert("events".into(), Value::Array(events));
+        o.insert("attempts".into(), Value::Array(attempts));
+    }
+    Ok(Some(doc))
+}
+
+pub fn list_rejections(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
+    let cursor: Option<i64> = q.cursor.as_deref().and_then(|s| s.parse().ok());
+    let items = c
+        .prepare_cached(
+            "SELECT id, at, source, status, code, headers, body FROM rejections
+             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )?
+        .query_map(params![q.source, cursor, q.limit as i64], |r| {
+            Ok(json!({
+                "id": r.get::<_, i64>(0)?.to_string(),
+                "at": r.get::<_, String>(1)?,
+                "source": r.get::<_, String>(2)?,
+                "status": r.get::<_, i64>(3)?,
+                "code": r.get::<_, String>(4)?,
+                "headers": serde_json::from_str::<Value>(&r.get::<_, String>(5)?).unwrap_or(Value::Null),
+                "body": r.get::<_, String>(6)?,
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
+}
+
+pub fn list_dead_letters(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
+    let cursor: Option<i64> = q.cursor.as_deref().and_then(|s| s.parse().ok());
+    let items = c
+        .prepare_cached(
+            "SELECT id, message_id, source, action, last_error, updated_at FROM jobs
+             WHERE status = 'dead' AND (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2)
+               AND (?3 IS NULL OR action = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?
+        .query_map(params![q.source, cursor, q.action, q.limit as i64], |r| {
+            Ok(json!({
+                "id": r.get::<_, i64>(0)?.to_string(),
+                "message_id": r.get::<_, String>(1)?,
+                "source": r.get::<_, String>(2)?,
+                "action": r.get::<_, String>(3)?,
+                "error": r.get::<_, Option<String>>(4)?,
+                "at": rfc3339(r.get(5)?),
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
+}
+
+pub fn next_due(c: &Connection) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT MIN(t) FROM (
+           SELECT MIN(run_at) AS t FROM jobs WHERE status = 'pending'
+           UNION ALL SELECT MIN(lease_until) FROM jobs WHERE status = 'running')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,75 @@
+-- Inlet's SQLite schema. Times are Unix milliseconds.
+CREATE TABLE IF NOT EXISTS messages (
+    id              TEXT PRIMARY KEY,
+    source          TEXT NOT NULL,
+    external_id     TEXT NOT NULL,
+    contact         TEXT,
+    received_at     INTEGER NOT NULL,
+    doc             TEXT NOT NULL,      -- the normalized message, raw payload included
+    intent          TEXT,               -- JSON {label, confidence, by} once classified
+    intent_label    TEXT,
+    conversation_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, id);
+CREATE INDEX IF NOT EXISTS messages_by_received ON messages (received_at);
+
+-- One row per (source, provider key); `seen_at` is when it was first seen.
+CREATE TABLE IF NOT EXISTS dedup (
+    source     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_by_seen ON dedup (seen_at);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    status      TEXT NOT NULL,          -- pending | running | done | dead
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    run_at      INTEGER NOT NULL,
+    lease_until INTEGER,
+    last_error  TEXT,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, run_at);
+CREATE INDEX IF NOT EXISTS jobs_by_message ON jobs (message_id);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL,
+    message_id  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    destination TEXT,
+    outcome     TEXT NOT NULL,
+    status_code INTEGER,
+    duration_ms INTEGER NOT NULL,
+    error       TEXT,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_message ON attempts (message_id);
+
+CREATE TABLE IF NOT EXISTS events (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    external_id TEXT,
+    at          INTEGER NOT NULL,
+    payload     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_external ON events (source, external_id);
+CREATE INDEX IF NOT EXISTS events_by_at ON events (at);
+
+CREATE TABLE IF NOT EXISTS rejections (
+    id      INTEGER PRIMARY KEY,
+    at      TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    source  TEXT NOT NULL,
+    status  INTEGER NOT NULL,
+    code    TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body    TEXT NOT NULL
+);
