@@ -24,6 +24,9 @@ pub struct ActionOutput {
     /// `scheme://host:port` called, for the attempts log.
     pub destination: Option<String>,
     pub status_code: Option<u16>,
+    /// Set when the action deliberately did nothing (no template, contact
+    /// opted out): recorded as outcome `skipped` with this reason.
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -167,7 +167,7 @@ impl WorkerPool {
         if let Some(a) = &completion.attempt {
             metrics::counter!("inlet_job_attempts_total", "action" => job.action.clone(), "outcome" => a.outcome.clone())
                 .increment(1);
-            if a.outcome != "success" {
+            if a.outcome != "success" && a.outcome != "skipped" {
                 tracing::info!(job = job.job_id, message = %job.message_id, action = %job.action, outcome = %a.outcome, error = a.error.as_deref().unwrap_or(""), "Job attempt failed.");
             }
         }
@@ -211,7 +211,8 @@ impl WorkerPool {
         };
         match result {
             Ok(out) => {
-                c.attempt = attempt("success", out.destination, out.status_code, None);
+                let outcome = if out.skipped.is_some() { "skipped" } else { "success" };
+                c.attempt = attempt(outcome, out.destination, out.status_code, out.skipped);
                 c.set_intent = out.set_intent;
                 c.set_conversation = out.set_conversation;
                 c.follow_ups = out.follow_ups;
@@ -243,9 +244,9 @@ impl WorkerPool {
                 c.attempt = attempt("dead", destination, status_code, Some(error.clone()));
                 c.next = JobNext::Dead { error };
             }
-            Err(ActionError::CircuitOpen { until, .. }) => {
+            Err(ActionError::Defer { after, .. }) => {
                 c.next = JobNext::Defer {
-                    at: now + until.as_millis() as i64,
+                    at: now + after.as_millis() as i64,
                 };
             }
         }

@@ -137,6 +137,40 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// Whether a contact may get an auto-reply, judged against every earlier
+/// message of that contact (SPEC §4: opt-out state changes in arrival order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptState {
+    /// No opt-out in force.
+    Active,
+    OptedOut,
+    /// An earlier message of the contact is not classified yet: ask again later.
+    Undecided,
+}
+
+/// What a reply job finds when it announces a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClaim {
+    /// Nothing was sent for this message and action: go ahead (intent to
+    /// send is now recorded).
+    Proceed,
+    /// Already sent.
+    AlreadySent,
+    /// A previous run recorded intent but not the result (crash or timeout
+    /// mid-send): the send may have happened, so it is not repeated.
+    Unknown,
+}
+
+/// The recorded result of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyResult {
+    Sent,
+    /// Definitely not sent (the provider refused it): a retry may send.
+    Failed,
+    /// May or may not have been sent (timeout after the request left).
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not commit (locked, busy, disk full, gone).
@@ -186,4 +220,20 @@ pub trait Store: Send + Sync + 'static {
         source: Option<String>,
         action: Option<String>,
     ) -> Result<usize, StoreError>;
+
+    /// The opt-out state of `contact` as of just before `message_id` arrived.
+    async fn opt_state(&self, source: &str, contact: &str, message_id: &str) -> Result<OptState, StoreError>;
+    /// Records intent to send a reply before it is sent.
+    async fn begin_reply(&self, message_id: &str, action: &str) -> Result<ReplyClaim, StoreError>;
+    /// Records the result of a send announced by `begin_reply`.
+    async fn finish_reply(
+        &self,
+        message_id: &str,
+        action: &str,
+        result: ReplyResult,
+        detail: Option<String>,
+    ) -> Result<(), StoreError>;
+    /// The latest conversation of a contact: its id and when its last
+    /// message arrived.
+    async fn last_conversation(&self, source: &str, contact: &str) -> Result<Option<(String, Millis)>, StoreError>;
 }

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
-use super::super::{ListQuery, Page};
+use super::super::{ListQuery, OptState, Page};
 
 /// The normalized message with what processing added since ingest.
 pub fn message_doc(doc: String, intent: Option<String>, conversation: Option<String>) -> Value {
@@ -197,4 +197,48 @@ pub fn rfc3339(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+/// Opt-out state just before `message_id`: undecided while an earlier
+/// message of the contact still waits for classification; else the latest
+/// earlier opt_out/opt_in, falling back to the registry for contacts whose
+/// messages are past retention.
+pub fn opt_state(c: &Connection, source: &str, contact: &str, message_id: &str) -> rusqlite::Result<OptState> {
+    let waiting: bool = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM messages m JOIN jobs j ON j.message_id = m.id
+               WHERE m.source = ?1 AND m.contact = ?2 AND m.id < ?3 AND m.intent_label IS NULL
+                 AND j.action = 'classify' AND j.status IN ('pending', 'running'))",
+        )?
+        .query_row(params![source, contact, message_id], |r| r.get(0))?;
+    if waiting {
+        return Ok(OptState::Undecided);
+    }
+    let latest: Option<String> = c
+        .prepare_cached(
+            "SELECT intent_label FROM messages
+             WHERE source = ?1 AND contact = ?2 AND id < ?3 AND intent_label IN ('opt_out', 'opt_in')
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![source, contact, message_id], |r| r.get(0))
+        .optional()?;
+    let opted_out = match latest {
+        Some(label) => label == "opt_out",
+        None => c
+            .prepare_cached("SELECT opted_out FROM opt_outs WHERE source = ?1 AND contact = ?2 AND message_id < ?3")?
+            .query_row(params![source, contact, message_id], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false),
+    };
+    Ok(if opted_out { OptState::OptedOut } else { OptState::Active })
+}
+
+pub fn last_conversation(c: &Connection, source: &str, contact: &str) -> rusqlite::Result<Option<(String, i64)>> {
+    c.prepare_cached(
+        "SELECT conversation_id, received_at FROM messages
+         WHERE source = ?1 AND contact = ?2 AND conversation_id IS NOT NULL
+         ORDER BY id DESC LIMIT 1",
+    )?
+    .query_row(params![source, contact], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
 }

@@ -73,3 +73,27 @@ CREATE TABLE IF NOT EXISTS rejections (
     headers TEXT NOT NULL,
     body    TEXT NOT NULL
 );
+
+-- Replies: intent-to-send is committed before the provider is called, so a
+-- crash between the send and its record never sends twice.
+CREATE TABLE IF NOT EXISTS reply_sends (
+    message_id TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    state      TEXT NOT NULL,          -- sending | sent | failed | unknown
+    detail     TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (message_id, action)
+) WITHOUT ROWID;
+
+-- The opt-out registry: the latest opt_out/opt_in per contact, by arrival
+-- (message ids are time-ordered). Outlives message retention.
+CREATE TABLE IF NOT EXISTS opt_outs (
+    source     TEXT NOT NULL,
+    contact    TEXT NOT NULL,
+    opted_out  INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (source, contact)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (source, contact, id);

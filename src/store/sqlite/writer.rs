@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::super::{
     AttemptRecord, CLASSIFY, ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, JobNext,
-    Millis, QueueCounts, QueueGauges, Rejection, StoreError,
+    Millis, QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use crate::domain::{EventId, InboundEvent};
 
@@ -50,6 +50,8 @@ pub enum Op {
         reply: Reply<usize>,
     },
     Probe(Reply<()>),
+    BeginReply { message_id: String, action: String, now: Millis, reply: Reply<ReplyClaim> },
+    FinishReply { message_id: String, action: String, result: ReplyResult, detail: Option<String>, now: Millis, reply: Reply<()> },
 }
 
 /// An executed op whose answer waits for the commit.
@@ -58,6 +60,7 @@ enum Done {
     Claim(Reply<Vec<ClaimedJob>>, Result<Vec<ClaimedJob>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
+    ReplyClaim(Reply<ReplyClaim>, Result<ReplyClaim, StoreError>),
 }
 
 impl Done {
@@ -68,6 +71,7 @@ impl Done {
             Done::Claim(tx, _) => drop(tx.send(Err(err()))),
             Done::Unit(tx, _) => drop(tx.send(Err(err()))),
             Done::Count(tx, _) => drop(tx.send(Err(err()))),
+            Done::ReplyClaim(tx, _) => drop(tx.send(Err(err()))),
         }
     }
     fn send(self) {
@@ -76,6 +80,7 @@ impl Done {
             Done::Claim(tx, r) => drop(tx.send(r)),
             Done::Unit(tx, r) => drop(tx.send(r)),
             Done::Count(tx, r) => drop(tx.send(r)),
+            Done::ReplyClaim(tx, r) => drop(tx.send(r)),
         }
     }
 }
@@ -275,6 +280,14 @@ impl Writer {
                 Done::Count(reply, r.map(|(n, _)| n))
             }
             Op::Probe(tx) => Done::Unit(tx, Ok(())),
+            Op::BeginReply { message_id, action, now, reply } => {
+                let r = guarded(&mut self.conn, |c| begin_reply(c, &message_id, &action, now));
+                Done::ReplyClaim(reply, r)
+            }
+            Op::FinishReply { message_id, action, result, detail, now, reply } => {
+                let r = guarded(&mut self.conn, |c| finish_reply(c, &message_id, &action, result, detail.as_deref(), now));
+                Done::Unit(reply, r)
+            }
         }
     }
 }
@@ -289,6 +302,8 @@ fn fail_op(op: Op, e: &StoreError) {
         Op::Prune { reply, .. } => drop(reply.send(Err(err()))),
         Op::Replay { reply, .. } => drop(reply.send(Err(err()))),
         Op::Probe(tx) => drop(tx.send(Err(err()))),
+        Op::BeginReply { reply, .. } => drop(reply.send(Err(err()))),
+        Op::FinishReply { reply, .. } => drop(reply.send(Err(err()))),
     }
 }
 
@@ -448,6 +463,18 @@ fn complete(c: &Connection, done: &JobCompletion) -> Result<Option<usize>, rusql
         let json = serde_json::to_string(intent).unwrap_or_default();
         c.prepare_cached("UPDATE messages SET intent = ?2, intent_label = ?3 WHERE id = ?1")?
             .execute(params![done.message_id, json, intent.label])?;
+        if intent.label == "opt_out" || intent.label == "opt_in" {
+            // Newer arrivals win, whatever order classification ran in.
+            c.prepare_cached(
+                "INSERT INTO opt_outs (source, contact, opted_out, message_id, updated_at)
+                 SELECT source, contact, ?2, id, ?3 FROM messages WHERE id = ?1 AND contact IS NOT NULL
+                 ON CONFLICT (source, contact) DO UPDATE
+                   SET opted_out = excluded.opted_out, message_id = excluded.message_id,
+                       updated_at = excluded.updated_at
+                   WHERE excluded.message_id > opt_outs.message_id",
+            )?
+            .execute(params![done.message_id, intent.label == "opt_out", done.now])?;
+        }
     }
     if let Some(conv) = &done.set_conversation {
         c.prepare_cached("UPDATE messages SET conversation_id = ?2 WHERE id = ?1")?
@@ -589,4 +616,41 @@ pub(super) fn count_queue(c: &Connection) -> Result<QueueCounts, rusqlite::Error
         in_flight: count("running")?,
         dead: count("dead")?,
     })
+}
+
+fn begin_reply(c: &Connection, message_id: &str, action: &str, now: Millis) -> Result<ReplyClaim, rusqlite::Error> {
+    let state: Option<String> = c
+        .prepare_cached("SELECT state FROM reply_sends WHERE message_id = ?1 AND action = ?2")?
+        .query_row(params![message_id, action], |r| r.get(0))
+        .optional()?;
+    match state.as_deref() {
+        Some("sent") => Ok(ReplyClaim::AlreadySent),
+        Some("sending") | Some("unknown") => Ok(ReplyClaim::Unknown),
+        _ => {
+            c.prepare_cached(
+                "INSERT INTO reply_sends (message_id, action, state, updated_at) VALUES (?1, ?2, 'sending', ?3)
+                 ON CONFLICT (message_id, action) DO UPDATE SET state = 'sending', updated_at = ?3",
+            )?
+            .execute(params![message_id, action, now])?;
+            Ok(ReplyClaim::Proceed)
+        }
+    }
+}
+
+fn finish_reply(
+    c: &Connection,
+    message_id: &str,
+    action: &str,
+    result: ReplyResult,
+    detail: Option<&str>,
+    now: Millis,
+) -> Result<(), rusqlite::Error> {
+    let state = match result {
+        ReplyResult::Sent => "sent",
+        ReplyResult::Failed => "failed",
+        ReplyResult::Unknown => "unknown",
+    };
+    c.prepare_cached("UPDATE reply_sends SET state = ?3, detail = ?4, updated_at = ?5 WHERE message_id = ?1 AND action = ?2")?
+        .execute(params![message_id, action, state, detail, now])?;
+    Ok(())
 }
