@@ -46,12 +46,11 @@ pub enum ActionError {
         destination: Option<String>,
         status_code: Option<u16>,
     },
-    /// The destination's breaker is open: wait, without charging an attempt.
-    #[error("circuit open for {destination}")]
-    CircuitOpen {
-        destination: String,
-        until: Duration,
-    },
+    /// Not now, and not the job's fault (an open breaker, an earlier
+    /// message still unclassified): run again after `after` without
+    /// charging an attempt.
+    #[error("deferred: {reason}")]
+    Defer { reason: String, after: Duration },
 }
 
 #[async_trait]
