@@ -75,7 +75,15 @@ impl App {
         let rules =
             RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
         let actions = Actions {
-            classify: Some(Arc::new(ClassifyAction { rules, follow_ups })),
+            classify: Some(Arc::new(ClassifyAction {
+                rules,
+                llm: None,
+                conversations: Some(crate::pipeline::conversations::Conversations::new(
+                    store.clone(),
+                    config.conversations.session_ttl.0,
+                )),
+                follow_ups,
+            })),
             by_source: HashMap::new(),
         };
         let admin_token = match &config.server.admin_token {

@@ -12,6 +12,7 @@ use crate::domain::Intent;
 use crate::store::{CLASSIFY, ClaimedJob};
 
 use super::RulesClassifier;
+use super::conversations::Conversations;
 
 /// What a successful run changes besides finishing the job; committed in
 /// the same transaction as the attempt.
@@ -58,9 +59,20 @@ pub trait Action: Send + Sync {
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError>;
 }
 
-/// Classifies the message and, on success, enqueues the source's actions.
+/// A classifier consulted when the rules find nothing (the LLM). It never
+/// fails: on error it answers `other` with `by = fallback`.
+#[async_trait]
+pub trait FallbackClassifier: Send + Sync {
+    async fn classify(&self, text: &str) -> Intent;
+}
+
+/// Classifies the message (rules, then the LLM for `other`), assigns its
+/// conversation, and on success enqueues the source's actions.
 pub struct ClassifyAction {
     pub rules: RulesClassifier,
+    /// Asked only when the rules say `other`.
+    pub llm: Option<Arc<dyn FallbackClassifier>>,
+    pub conversations: Option<Conversations>,
     /// Action names to enqueue after classification, per source.
     pub follow_ups: HashMap<String, Vec<String>>,
 }
@@ -69,8 +81,30 @@ pub struct ClassifyAction {
 impl Action for ClassifyAction {
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError> {
         let text = job.message.get("text").and_then(|t| t.as_str());
+        let mut intent = self.rules.classify(text);
+        if intent.label == "other"
+            && let (Some(llm), Some(text)) = (&self.llm, text.filter(|t| !t.trim().is_empty()))
+        {
+            intent = llm.classify(text).await;
+        }
+        let contact = job.message.get("from").and_then(|f| f.as_str());
+        let conversation = match (&self.conversations, contact) {
+            (Some(convs), Some(contact)) => {
+                let at = received_millis(&job.message);
+                Some(convs.assign(&job.source, contact, at).await.map_err(|e| {
+                    ActionError::Retryable {
+                        error: format!("conversation lookup failed: {e}"),
+                        retry_after: None,
+                        destination: None,
+                        status_code: None,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         Ok(ActionOutput {
-            set_intent: Some(self.rules.classify(text)),
+            set_intent: Some(intent),
+            set_conversation: conversation,
             follow_ups: self
                 .follow_ups
                 .get(&job.source)
@@ -79,6 +113,18 @@ impl Action for ClassifyAction {
             ..Default::default()
         })
     }
+}
+
+/// The message's `received_at` in Unix milliseconds (now if unreadable).
+fn received_millis(message: &serde_json::Value) -> crate::store::Millis {
+    message
+        .get("received_at")
+        .and_then(|v| v.as_str())
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or_else(crate::store::now_millis)
 }
 
 /// The registry the workers look actions up in: `classify`, then

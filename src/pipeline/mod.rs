@@ -5,6 +5,7 @@
 pub mod action;
 pub mod backoff;
 pub mod classify;
+pub mod conversations;
 pub mod worker;
 
 pub use action::{Action, ActionError, ActionOutput, Actions, ClassifyAction};

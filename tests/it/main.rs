@@ -3,5 +3,6 @@
 
 mod durability;
 mod errors;
+mod conversations;
 mod helpers;
 mod ingest;
