@@ -3,6 +3,7 @@
 
 mod durability;
 mod errors;
+mod cli;
 mod conversations;
 mod helpers;
 mod ingest;
