@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/messages", get(admin::list_messages))
         .route("/v1/messages/{id}", get(admin::get_message))
         .route("/v1/messages/{id}/replay", post(admin::replay_message))

@@ -7,3 +7,4 @@ mod cli;
 mod conversations;
 mod helpers;
 mod ingest;
+mod ops;
