@@ -7,8 +7,11 @@
 //! provider's expected success body. Adapters do no I/O and know nothing of
 //! HTTP status codes or SQL: `http::error` maps [`ProviderError`] to statuses.
 
+pub mod android_sms_gateway;
+pub mod evolution;
 pub mod signature;
 pub mod sms_gateway;
+pub mod standard_webhooks;
 
 use std::sync::Arc;
 
@@ -170,6 +173,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 pub fn build(source: &SourceConfig) -> Arc<dyn Provider> {
     match source.provider {
         ProviderKind::SmsGateway => Arc::new(sms_gateway::SmsGateway::new(source)),
+        ProviderKind::AndroidSmsGateway => {
+            Arc::new(android_sms_gateway::AndroidSmsGateway::new(source))
+        }
+        ProviderKind::Evolution => Arc::new(evolution::Evolution::new(source)),
+        ProviderKind::StandardWebhooks => {
+            Arc::new(standard_webhooks::StandardWebhooks::new(source))
+        }
         other => Arc::new(sms_gateway::Unsupported(other)),
     }
 }
