@@ -59,12 +59,7 @@ pub async fn receive(
             resp
         }
         Err((err, body)) => {
-            let redact = st
-                .sources
-                .get(&name)
-                .map(|s| s.redact.as_slice())
-                .unwrap_or(&[]);
-            log_rejection(&st, &name, &err, &headers, &body, redact).await;
+            log_rejection(&st, &name, st.sources.get(&name), &err, &headers, &body).await;
             err.into_response()
         }
     };
@@ -181,14 +176,22 @@ fn quarantine(body: &[u8], why: &str) -> Parsed {
     }
 }
 
+/// Records a rejected request with every credential blanked: the standard
+/// signature headers, the source's own signature header, and whatever the
+/// provider marks as secret in the body.
 async fn log_rejection(
     st: &AppState,
-    source: &str,
+    name: &str,
+    source: Option<&Source>,
     err: &ApiError,
     headers: &HeaderMap,
     body: &[u8],
-    extra_redact: &[String],
 ) {
+    let extra_redact = source.map(|s| s.redact.as_slice()).unwrap_or(&[]);
+    let body = match source {
+        Some(s) => s.provider.redact_body(body),
+        None => std::borrow::Cow::Borrowed(body),
+    };
     let mut map = Map::new();
     for (name, value) in headers {
         let n = name.as_str();
@@ -211,10 +214,10 @@ async fn log_rejection(
         }
     }
     let body = String::from_utf8_lossy(&body[..body.len().min(REJECTED_BODY_BYTES)]).into_owned();
-    tracing::info!(source, status = err.status.as_u16(), code = err.code, reason = %err.message, "Rejected webhook.");
+    tracing::info!(source = name, status = err.status.as_u16(), code = err.code, reason = %err.message, "Rejected webhook.");
     let rejection = Rejection {
         at: now_rfc3339(),
-        source: source.to_string(),
+        source: name.to_string(),
         status: err.status.as_u16(),
         code: err.code.to_string(),
         headers: map,
@@ -251,21 +254,32 @@ pub async fn handshake(
     match result {
         Ok(challenge) => ([(header::CONTENT_TYPE, "text/plain")], challenge).into_response(),
         Err(e) => {
-            let redact = st
-                .sources
-                .get(&name)
-                .map(|s| s.redact.as_slice())
-                .unwrap_or(&[]);
+            // The query carries hub.verify_token: never log it.
+            let query = redact_query(query.as_deref().unwrap_or(""));
             log_rejection(
                 &st,
                 &name,
+                st.sources.get(&name),
                 &e,
                 &headers,
-                query.as_deref().unwrap_or("").as_bytes(),
-                redact,
+                query.as_bytes(),
             )
             .await;
             e.into_response()
         }
     }
+}
+
+/// The handshake query with `hub.verify_token` blanked.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == "hub.verify_token" || k == "hub%2Everify_token" => {
+                format!("{k}=[redacted]")
+            }
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }

@@ -71,6 +71,16 @@ impl Provider for Evolution {
         ProviderKind::Evolution
     }
 
+    /// Blanks every `"apikey": "..."` value, even in bodies that do not
+    /// parse, so a rejected request never puts the secret in the log.
+    fn redact_body<'a>(&self, body: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        static APIKEY: std::sync::OnceLock<regex::bytes::Regex> = std::sync::OnceLock::new();
+        let re = APIKEY.get_or_init(|| {
+            regex::bytes::Regex::new(r#""apikey"\s*:\s*"(?:[^"\\]|\\.)*""#).expect("valid regex")
+        });
+        re.replace_all(body, &b"\"apikey\":\"[redacted]\""[..])
+    }
+
     fn is_signed(&self) -> bool {
         self.secret.is_some()
     }
@@ -596,6 +606,16 @@ mod tests {
         assert!(m.media.is_empty());
         assert_eq!(m.raw["data"]["pushName"], "Leila Fernanda");
         assert_eq!(m.raw["instance"], "sales");
+    }
+
+    #[test]
+    fn rejected_body_is_logged_without_the_apikey() {
+        let p = signed();
+        let body = format!(r#"{{"event":"x","apikey":"{SECRET}","data":{{"apikey" : "a\"b"}}"#);
+        let shown = String::from_utf8(p.redact_body(body.as_bytes()).into_owned()).unwrap();
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(!shown.contains(r#"a\"b"#), "{shown}");
+        assert_eq!(shown.matches("[redacted]").count(), 2);
     }
 
     #[test]

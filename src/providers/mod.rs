@@ -9,9 +9,12 @@
 
 pub mod android_sms_gateway;
 pub mod evolution;
+pub mod respondio;
 pub mod signature;
 pub mod sms_gateway;
 pub mod standard_webhooks;
+pub mod twilio;
+pub mod whatsapp_cloud;
 
 use std::sync::Arc;
 
@@ -167,6 +170,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Whether a source without a secret accepts unsigned requests; the
     /// server warns at start for those.
     fn is_signed(&self) -> bool;
+
+    /// The body as the rejections log may keep it: adapters whose payloads
+    /// carry a credential (Evolution's `apikey` field) blank it out.
+    fn redact_body<'a>(&self, body: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        std::borrow::Cow::Borrowed(body)
+    }
 }
 
 /// Builds the adapter for a configured source.
@@ -180,7 +189,9 @@ pub fn build(source: &SourceConfig) -> Arc<dyn Provider> {
         ProviderKind::StandardWebhooks => {
             Arc::new(standard_webhooks::StandardWebhooks::new(source))
         }
-        other => Arc::new(sms_gateway::Unsupported(other)),
+        ProviderKind::Twilio => Arc::new(twilio::Twilio::new(source)),
+        ProviderKind::WhatsappCloud => Arc::new(whatsapp_cloud::WhatsappCloud::new(source)),
+        ProviderKind::Respondio => Arc::new(respondio::Respondio::new(source)),
     }
 }
 
