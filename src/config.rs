@@ -287,6 +287,18 @@ pub struct ActionConfig {
     /// Opt in to HTTP/2 for this destination (HTTP/1.1 otherwise).
     #[serde(default)]
     pub http2: bool,
+    /// Calls in flight at once to this action's destination
+    /// (`scheme://host:port`); default 8. Actions sharing a destination
+    /// share one limit, set by the first to call it.
+    pub max_in_flight: Option<usize>,
+}
+
+impl ActionConfig {
+    /// `max_in_flight` with its default.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or(crate::pipeline::outbound::DEFAULT_MAX_IN_FLIGHT)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -569,6 +581,20 @@ impl Config {
                     only("signature", &[SmsGateway], s.signature.is_some()),
                 ],
             );
+            if s.provider == StandardWebhooks
+                && let Some(secret) = &s.secret
+                && let Err(e) = crate::providers::standard_webhooks::SigningKey::parse(secret.expose())
+            {
+                push(format!("{p}.secret"), e);
+            }
+            for (key, pointer) in [("text_pointer", &s.text_pointer), ("from_pointer", &s.from_pointer)] {
+                if let Some(ptr) = pointer
+                    && !ptr.is_empty()
+                    && !ptr.starts_with('/')
+                {
+                    push(format!("{p}.{key}"), format!("a JSON pointer starts with '/': {ptr:?}"));
+                }
+            }
             let names = s.action_names();
             for (j, a) in s.actions.iter().enumerate() {
                 let ap = format!("{p}.actions[{j}]");
@@ -578,17 +604,31 @@ impl Config {
                         format!("duplicate action name {:?}", names[j]),
                     );
                 }
+                if a.max_in_flight == Some(0) {
+                    push(format!("{ap}.max_in_flight"), "must be at least 1".into());
+                }
                 match a.kind {
-                    ActionKind::Forward => match &a.url {
-                        None => push(format!("{ap}.url"), "required for forward".into()),
-                        Some(u) if url::Url::parse(u).is_err() => {
-                            push(format!("{ap}.url"), format!("not a URL: {u:?}"))
+                    ActionKind::Forward => {
+                        match &a.url {
+                            None => push(format!("{ap}.url"), "required for forward".into()),
+                            Some(u) if url::Url::parse(u).is_err() => {
+                                push(format!("{ap}.url"), format!("not a URL: {u:?}"))
+                            }
+                            _ => {}
                         }
-                        _ => {}
-                    },
+                        if let Some(secret) = &a.secret
+                            && let Err(e) = crate::providers::standard_webhooks::SigningKey::parse(
+                                secret.expose(),
+                            )
+                        {
+                            push(format!("{ap}.secret"), e);
+                        }
+                    }
                     ActionKind::Reply => {
-                        if a.via.is_none() {
-                            push(format!("{ap}.via"), "required for reply".into());
+                        if let Err(problems) = crate::pipeline::reply::Sender::from_config(a) {
+                            for (key, message) in problems {
+                                push(format!("{ap}.{key}"), message);
+                            }
                         }
                     }
                 }
@@ -730,6 +770,14 @@ mod tests {
     }
 
     #[test]
+    fn undecodable_whsec_secret_and_relative_pointer_are_problems() {
+        let text = "[[sources]]\nname='a'\nprovider='standard-webhooks'\nsecret='whsec_!!!'\ntext_pointer='data/text'\n";
+        let err = Config::from_toml(text, &[]).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["sources[0].secret", "sources[0].text_pointer"]);
+    }
+
+    #[test]
     fn bad_duration_names_the_key() {
         let err = Config::from_toml("[workers]\nlease='soon'\n", &[]).unwrap_err();
         assert_eq!(err.problems[0].path, "workers.lease");
@@ -737,11 +785,39 @@ mod tests {
 
     #[test]
     fn action_names_number_repeated_types() {
-        let text = "[[sources]]\nname='a'\nprovider='twilio'\n[[sources.actions]]\ntype='forward'\nurl='http://x'\n[[sources.actions]]\ntype='reply'\nvia='twilio'\n[[sources.actions]]\ntype='forward'\nurl='http://y'\n[[sources.actions]]\ntype='forward'\nname='app'\nurl='http://z'\n";
+        let text = "[[sources]]\nname='a'\nprovider='twilio'\n[[sources.actions]]\ntype='forward'\nurl='http://x'\n[[sources.actions]]\ntype='reply'\nvia='twilio'\naccount_sid='AC1'\nauth_token='t'\n[[sources.actions]]\ntype='forward'\nurl='http://y'\n[[sources.actions]]\ntype='forward'\nname='app'\nurl='http://z'\n";
         let c = Config::from_toml(text, &[]).unwrap();
         assert_eq!(
             c.sources[0].action_names(),
             ["forward", "reply", "forward#3", "app"]
+        );
+    }
+
+    #[test]
+    fn reply_senders_need_their_keys() {
+        let text = "[[sources]]\nname='a'\nprovider='twilio'\n\
+            [[sources.actions]]\ntype='forward'\nurl='http://x'\nsecret='whsec_!!'\n\
+            [[sources.actions]]\ntype='reply'\nvia='twilio'\nauth_token='t'\n\
+            [[sources.actions]]\ntype='reply'\nvia='whatsapp-cloud'\n\
+            [[sources.actions]]\ntype='reply'\nvia='evolution'\nbase_url='http://e'\n\
+            [[sources.actions]]\ntype='reply'\nvia='sms-gateway'\nmax_in_flight=0\n\
+            [[sources.actions]]\ntype='reply'\nvia='pigeon'\n";
+        let err = Config::from_toml(text, &[]).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "sources[0].actions[0].secret",
+                "sources[0].actions[1].account_sid",
+                "sources[0].actions[2].phone_number_id",
+                "sources[0].actions[2].token",
+                "sources[0].actions[3].instance",
+                "sources[0].actions[3].api_key",
+                "sources[0].actions[4].max_in_flight",
+                "sources[0].actions[4].url",
+                "sources[0].actions[5].via",
+            ],
+            "{err}"
         );
     }
 }

@@ -356,7 +356,17 @@ mod tests {
     fn secret_that_is_not_base64_refuses_every_request() {
         assert!(SigningKey::parse("whsec_not*base64!").is_err());
         assert!(SigningKey::parse("whsec_").is_err());
-        let p = provider("secret='whsec_not*base64!'");
+        // `check-config` refuses such a secret; the adapter still fails
+        // closed if one reaches it.
+        let mut source = Config::from_toml(
+            "[[sources]]\nname='sw'\nprovider='standard-webhooks'\n",
+            &[],
+        )
+        .unwrap()
+        .sources
+        .remove(0);
+        source.secret = Some(crate::config::Secret::new("whsec_not*base64!"));
+        let p = StandardWebhooks::new(&source);
         assert!(p.is_signed());
         let h = signed_headers("msg_1", NOW, MESSAGE.as_bytes());
         let err = run(&p, &h, MESSAGE.as_bytes(), NOW).unwrap_err();

@@ -958,7 +958,6 @@ mod tests {
 
     #[test]
     fn whatsapp_arbitrary_bodies_never_panic() {
-        let p = WhatsappCloud::new(&source(""));
         let pieces = [
             "{",
             "}",

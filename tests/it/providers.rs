@@ -115,3 +115,97 @@ async fn android_sms_gateway_signed_delivery_is_accepted_and_redelivery_is_a_dup
     let (status, _) = post(&app, "android", "application/json", signed(&body, now() - 600), &body).await;
     assert_eq!(status, 401, "stale timestamp");
 }
+
+/// The form as (name, value) pairs, as Twilio signs them.
+fn form_pairs(body: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(body).unwrap()
+}
+
+#[tokio::test]
+async fn twilio_signed_webhook_gets_twiml_and_its_retry_is_a_duplicate_and_status_is_an_event() {
+    let extra = "[[sources]]\nname = \"tw\"\nprovider = \"twilio\"\nsecret = \"tw-token\"\n";
+    let app = TestApp::spawn(&config_with(extra)).await;
+    // No public_url is configured: Twilio's URL is http://<listen>/hooks/tw.
+    let url = app.url("/hooks/tw");
+    let send = |body: String, signature: String| {
+        let (client, url) = (app.client.clone(), url.clone());
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body = fixture("twilio/inbound_sms.form");
+    let sig = inlet::providers::twilio::sign(b"tw-token", &url, &form_pairs(&body));
+    let r = send(body.clone(), sig.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/xml"));
+    let twiml = r.text().await.unwrap();
+    assert_eq!(twiml, r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#);
+    // Twilio retries with the same MessageSid.
+    assert_eq!(send(body.clone(), sig).await.status(), 200);
+    let status = fixture("twilio/status_callback.form");
+    let status_sig = inlet::providers::twilio::sign(b"tw-token", &url, &form_pairs(&status));
+    assert_eq!(send(status, status_sig).await.status(), 200);
+    let r = send(body.replace("Body=Yes", "Body=No"), "bogus".into()).await;
+    assert_eq!(r.status(), 401);
+    app.wait_idle().await;
+    let msgs = app.all_messages().await;
+    assert_eq!(msgs.len(), 1, "the retry was a duplicate and the status callback an event");
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"inlet_messages_total{source="tw",result="duplicate"} 1"#), "{text}");
+}
+
+#[tokio::test]
+async fn whatsapp_cloud_handshake_and_a_redelivered_wamid_is_a_duplicate() {
+    let extra = "[[sources]]\nname = \"wa\"\nprovider = \"whatsapp-cloud\"\nsecret = \"app-secret\"\nverify_token = \"meatyhamhock\"\n";
+    let app = TestApp::spawn(&config_with(extra)).await;
+    let hs = |token: &str| app.url(&format!("/hooks/wa?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"));
+    let r = app.client.get(hs("meatyhamhock")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "1158201444");
+    let r = app.client.get(hs("wrong")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "verification_failed");
+    let rej = app.admin("/v1/rejections?source=wa").await;
+    assert!(!rej["items"][0]["body"].as_str().unwrap().contains("wrong"), "verify token is redacted");
+
+    let body = fixture("whatsapp-cloud/batch.json");
+    let sig = inlet::providers::signature::sign_body(
+        &inlet::providers::whatsapp_cloud::signature_config(),
+        b"app-secret",
+        body.as_bytes(),
+    );
+    let h = headers(&[("x-hub-signature-256", sig)]);
+    let (status, first) = post(&app, "wa", "application/json", h.clone(), &body).await;
+    assert_eq!(status, 200);
+    let accepted = first["accepted"].as_u64().unwrap();
+    assert!(accepted >= 2, "a batch carries several messages: {first}");
+    assert_eq!(post(&app, "wa", "application/json", h, &body).await, (200, received(0, accepted)));
+    let (status, _) = post(&app, "wa", "application/json", headers(&[("x-hub-signature-256", "sha256=00".into())]), &body).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn respondio_signed_webhook_is_accepted_once() {
+    let extra = "[[sources]]\nname = \"rio\"\nprovider = \"respondio\"\nsecret = \"rio-key\"\n";
+    let app = TestApp::spawn(&config_with(extra)).await;
+    let body = fixture("respondio/message_received.json");
+    let sig = inlet::providers::signature::sign_body(
+        &inlet::providers::respondio::signature_config(),
+        b"rio-key",
+        body.as_bytes(),
+    );
+    let h = headers(&[("x-webhook-signature", sig)]);
+    assert_eq!(post(&app, "rio", "application/json", h.clone(), &body).await, (200, received(1, 0)));
+    assert_eq!(post(&app, "rio", "application/json", h, &body).await, (200, received(0, 1)));
+    let tampered = body.replacen('}', " }", 1);
+    let (status, _) = post(&app, "rio", "application/json", headers(&[("x-webhook-signature", "AAAA".into())]), &tampered).await;
+    assert_eq!(status, 401);
+}
