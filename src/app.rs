@@ -74,17 +74,28 @@ impl App {
         }
         let rules =
             RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
+        // One set of pooled clients, breakers and per-destination limits for
+        // every outbound call (forwards, replies, the LLM classifier).
+        let outbound = Arc::new(
+            crate::pipeline::Outbound::from_config(&config.workers)
+                .context("building the outbound HTTP clients")?,
+        );
         let actions = Actions {
             classify: Some(Arc::new(ClassifyAction {
                 rules,
-                llm: None,
+                llm: config.classifier.llm.as_ref().map(|llm| {
+                    Arc::new(crate::pipeline::llm::LlmClassifier::new(
+                        llm,
+                        outbound.clone(),
+                    )) as Arc<dyn crate::pipeline::action::FallbackClassifier>
+                }),
                 conversations: Some(crate::pipeline::conversations::Conversations::new(
                     store.clone(),
                     config.conversations.session_ttl.0,
                 )),
                 follow_ups,
             })),
-            by_source: HashMap::new(),
+            by_source: crate::pipeline::build_actions(&config, store.clone(), outbound.clone()),
         };
         let admin_token = match &config.server.admin_token {
             Some(t) => t.clone(),
@@ -111,6 +122,7 @@ impl App {
             started: Instant::now(),
             workers: config.workers.concurrency,
             metrics: crate::telemetry::metrics_handle(),
+            outbound: outbound.clone(),
         });
         let w = &config.workers;
         let pool = WorkerPool::new(

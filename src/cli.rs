@@ -28,6 +28,8 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Load-test a gateway's ingest endpoint (loopback targets only).
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -49,6 +51,8 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // Builds its own client runtime (thread count is an option).
+        Command::Bench(args) => crate::bench::main(args),
         Command::Serve { config } => {
             let _guard = crate::telemetry::init_logging();
             let config = match Config::load(config.as_deref()) {

@@ -583,16 +583,23 @@ impl Config {
             );
             if s.provider == StandardWebhooks
                 && let Some(secret) = &s.secret
-                && let Err(e) = crate::providers::standard_webhooks::SigningKey::parse(secret.expose())
+                && let Err(e) =
+                    crate::providers::standard_webhooks::SigningKey::parse(secret.expose())
             {
                 push(format!("{p}.secret"), e);
             }
-            for (key, pointer) in [("text_pointer", &s.text_pointer), ("from_pointer", &s.from_pointer)] {
+            for (key, pointer) in [
+                ("text_pointer", &s.text_pointer),
+                ("from_pointer", &s.from_pointer),
+            ] {
                 if let Some(ptr) = pointer
                     && !ptr.is_empty()
                     && !ptr.starts_with('/')
                 {
-                    push(format!("{p}.{key}"), format!("a JSON pointer starts with '/': {ptr:?}"));
+                    push(
+                        format!("{p}.{key}"),
+                        format!("a JSON pointer starts with '/': {ptr:?}"),
+                    );
                 }
             }
             let names = s.action_names();

@@ -8,6 +8,7 @@
 //! `cli` and `telemetry` are the edges. See ARCHITECTURE.md.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

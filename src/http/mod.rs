@@ -40,6 +40,8 @@ pub struct AppState {
     pub started: Instant,
     pub workers: usize,
     pub metrics: PrometheusHandle,
+    /// Outbound calls; `/health` shows its breakers.
+    pub outbound: Arc<crate::pipeline::Outbound>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -20,7 +20,7 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
         "status": "ok",
         "queue": q,
         "workers": st.workers,
-        "breakers": {},
+        "breakers": st.outbound.breakers().snapshot(),
         "uptime_s": st.started.elapsed().as_secs(),
     }))
     .into_response()

@@ -211,7 +211,11 @@ impl WorkerPool {
         };
         match result {
             Ok(out) => {
-                let outcome = if out.skipped.is_some() { "skipped" } else { "success" };
+                let outcome = if out.skipped.is_some() {
+                    "skipped"
+                } else {
+                    "success"
+                };
                 c.attempt = attempt(outcome, out.destination, out.status_code, out.skipped);
                 c.set_intent = out.set_intent;
                 c.set_conversation = out.set_conversation;

@@ -222,7 +222,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
 
     /// The opt-out state of `contact` as of just before `message_id` arrived.
-    async fn opt_state(&self, source: &str, contact: &str, message_id: &str) -> Result<OptState, StoreError>;
+    async fn opt_state(
+        &self,
+        source: &str,
+        contact: &str,
+        message_id: &str,
+    ) -> Result<OptState, StoreError>;
     /// Records intent to send a reply before it is sent.
     async fn begin_reply(&self, message_id: &str, action: &str) -> Result<ReplyClaim, StoreError>;
     /// Records the result of a send announced by `begin_reply`.
@@ -235,5 +240,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The latest conversation of a contact: its id and when its last
     /// message arrived.
-    async fn last_conversation(&self, source: &str, contact: &str) -> Result<Option<(String, Millis)>, StoreError>;
+    async fn last_conversation(
+        &self,
+        source: &str,
+        contact: &str,
+    ) -> Result<Option<(String, Millis)>, StoreError>;
 }

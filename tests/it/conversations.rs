@@ -10,7 +10,15 @@ fn from(guid: &str, number: &str) -> serde_json::Value {
 }
 
 async fn lookups(app: &TestApp) -> u64 {
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with("inlet_conversation_lookups_total"))
         .and_then(|l| l.split_whitespace().last())
@@ -22,13 +30,21 @@ async fn lookups(app: &TestApp) -> u64 {
 async fn a_burst_of_1000_messages_from_one_contact_is_one_conversation_with_few_lookups() {
     let app = TestApp::spawn(&config_with("")).await;
     for chunk in 0..10 {
-        let items: Vec<_> = (0..100).map(|i| from(&format!("b{chunk}-{i}"), "+15550001111")).collect();
-        assert_eq!(app.post_json("sms", &batch(&items)).await.1["accepted"], 100);
+        let items: Vec<_> = (0..100)
+            .map(|i| from(&format!("b{chunk}-{i}"), "+15550001111"))
+            .collect();
+        assert_eq!(
+            app.post_json("sms", &batch(&items)).await.1["accepted"],
+            100
+        );
     }
     app.wait_idle().await;
     let msgs = app.all_messages().await;
     assert_eq!(msgs.len(), 1000);
-    let convs: HashSet<&str> = msgs.iter().map(|m| m["conversation_id"].as_str().unwrap()).collect();
+    let convs: HashSet<&str> = msgs
+        .iter()
+        .map(|m| m["conversation_id"].as_str().unwrap())
+        .collect();
     assert_eq!(convs.len(), 1, "one conversation");
     assert!(convs.iter().next().unwrap().starts_with("conv_"));
     let n = lookups(&app).await;
@@ -38,14 +54,22 @@ async fn a_burst_of_1000_messages_from_one_contact_is_one_conversation_with_few_
 #[tokio::test]
 async fn contacts_get_their_own_conversations_and_a_gap_past_the_ttl_opens_a_new_one() {
     let app = TestApp::spawn(&config_with("[conversations]\nsession_ttl = \"1s\"\n")).await;
-    app.post_json("sms", &batch(&[from("a1", "+15550000001"), from("b1", "+15550000002")])).await;
+    app.post_json(
+        "sms",
+        &batch(&[from("a1", "+15550000001"), from("b1", "+15550000002")]),
+    )
+    .await;
     app.wait_idle().await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    app.post_json("sms", &batch(&[from("a2", "+15550000001")])).await;
+    app.post_json("sms", &batch(&[from("a2", "+15550000001")]))
+        .await;
     app.wait_idle().await;
     let msgs = app.all_messages().await;
     let conv = |g: &str| {
-        msgs.iter().find(|m| m["external_id"] == g).unwrap()["conversation_id"].as_str().unwrap().to_string()
+        msgs.iter().find(|m| m["external_id"] == g).unwrap()["conversation_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert_ne!(conv("a1"), conv("b1"), "different contacts");
     assert_ne!(conv("a1"), conv("a2"), "gap longer than session_ttl");

@@ -210,3 +210,45 @@ async fn admin_api_requires_the_token() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn on_invalid_accept_quarantines_an_unparseable_body_but_never_a_bad_signature() {
+    let extra = "[[sources]]\nname = \"lenient\"\nprovider = \"sms-gateway\"\non_invalid = \"accept\"\n\
+                 [[sources]]\nname = \"lenient-signed\"\nprovider = \"sms-gateway\"\nsecret = \"k\"\non_invalid = \"accept\"\n";
+    let app = TestApp::spawn(&config_with(extra)).await;
+    let (status, body) = app.post_json("lenient", "{\"guid\": [not json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "received", "accepted": 0, "duplicates": 0})
+    );
+    let r = app
+        .client
+        .post(app.url("/hooks/lenient-signed"))
+        .header("content-type", "application/json")
+        .header("x-signature", "sha256=00")
+        .body("{\"guid\": [not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a bad signature is never quarantined");
+    app.wait_idle().await;
+    assert!(
+        app.all_messages().await.is_empty(),
+        "a quarantined body starts no processing"
+    );
+    let db = rusqlite::Connection::open(app.db_path()).unwrap();
+    let (kind, payload): (String, String) = db
+        .query_row(
+            "SELECT kind, payload FROM events WHERE source = 'lenient'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(kind, "quarantined");
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        payload["body"], "{\"guid\": [not json",
+        "the body is kept whole"
+    );
+}

@@ -13,7 +13,15 @@ async fn health_has_the_documented_shape() {
     assert_eq!(h["workers"], 16);
     assert!(h["breakers"].is_object());
     assert!(h["uptime_s"].is_u64());
-    assert_eq!(app.client.get(app.url("/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -23,7 +31,15 @@ async fn metrics_expose_the_documented_series() {
     app.post_json("sms", &sms("m1", "hi").to_string()).await;
     app.post_json("nope", "{}").await;
     app.wait_idle().await;
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         r#"inlet_ingest_requests_total{source="sms",status="200"} 2"#,
         r#"inlet_ingest_requests_total{source="unknown",status="404"} 1"#,
@@ -41,11 +57,27 @@ async fn metrics_expose_the_documented_series() {
 #[tokio::test]
 async fn openapi_documents_every_route() {
     let app = TestApp::spawn(&config_with("")).await;
-    let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
-        "/hooks/{source}", "/health", "/ready", "/metrics", "/v1/messages", "/v1/messages/{id}",
-        "/v1/messages/{id}/replay", "/v1/dead-letters", "/v1/dead-letters/replay", "/v1/rejections",
+        "/hooks/{source}",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/v1/messages",
+        "/v1/messages/{id}",
+        "/v1/messages/{id}/replay",
+        "/v1/dead-letters",
+        "/v1/dead-letters/replay",
+        "/v1/rejections",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }

@@ -252,24 +252,59 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn opt_state(&self, source: &str, contact: &str, message_id: &str) -> Result<OptState, StoreError> {
-        let (s, c, m) = (source.to_string(), contact.to_string(), message_id.to_string());
-        self.read(move |conn| queries::opt_state(conn, &s, &c, &m)).await
+    async fn opt_state(
+        &self,
+        source: &str,
+        contact: &str,
+        message_id: &str,
+    ) -> Result<OptState, StoreError> {
+        let (s, c, m) = (
+            source.to_string(),
+            contact.to_string(),
+            message_id.to_string(),
+        );
+        self.read(move |conn| queries::opt_state(conn, &s, &c, &m))
+            .await
     }
 
     async fn begin_reply(&self, message_id: &str, action: &str) -> Result<ReplyClaim, StoreError> {
         let (message_id, action, now) = (message_id.to_string(), action.to_string(), now_millis());
-        self.call(|reply| Op::BeginReply { message_id, action, now, reply }).await
+        self.call(|reply| Op::BeginReply {
+            message_id,
+            action,
+            now,
+            reply,
+        })
+        .await
     }
 
-    async fn finish_reply(&self, message_id: &str, action: &str, result: ReplyResult, detail: Option<String>) -> Result<(), StoreError> {
+    async fn finish_reply(
+        &self,
+        message_id: &str,
+        action: &str,
+        result: ReplyResult,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
         let (message_id, action, now) = (message_id.to_string(), action.to_string(), now_millis());
-        self.call(|reply| Op::FinishReply { message_id, action, result, detail, now, reply }).await
+        self.call(|reply| Op::FinishReply {
+            message_id,
+            action,
+            result,
+            detail,
+            now,
+            reply,
+        })
+        .await
     }
 
-    async fn last_conversation(&self, source: &str, contact: &str) -> Result<Option<(String, Millis)>, StoreError> {
+    async fn last_conversation(
+        &self,
+        source: &str,
+        contact: &str,
+    ) -> Result<Option<(String, Millis)>, StoreError> {
         metrics::counter!("inlet_conversation_lookups_total").increment(1);
         let (s, c) = (source.to_string(), contact.to_string());
-        self.read(move |conn| queries::last_conversation(conn, &s, &c)).await
+        self.read(move |conn| queries::last_conversation(conn, &s, &c))
+            .await
     }
 }

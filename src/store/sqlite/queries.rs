@@ -203,7 +203,12 @@ pub fn rfc3339(ms: i64) -> String {
 /// message of the contact still waits for classification; else the latest
 /// earlier opt_out/opt_in, falling back to the registry for contacts whose
 /// messages are past retention.
-pub fn opt_state(c: &Connection, source: &str, contact: &str, message_id: &str) -> rusqlite::Result<OptState> {
+pub fn opt_state(
+    c: &Connection,
+    source: &str,
+    contact: &str,
+    message_id: &str,
+) -> rusqlite::Result<OptState> {
     let waiting: bool = c
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM messages m JOIN jobs j ON j.message_id = m.id
@@ -230,10 +235,18 @@ pub fn opt_state(c: &Connection, source: &str, contact: &str, message_id: &str) 
             .optional()?
             .unwrap_or(false),
     };
-    Ok(if opted_out { OptState::OptedOut } else { OptState::Active })
+    Ok(if opted_out {
+        OptState::OptedOut
+    } else {
+        OptState::Active
+    })
 }
 
-pub fn last_conversation(c: &Connection, source: &str, contact: &str) -> rusqlite::Result<Option<(String, i64)>> {
+pub fn last_conversation(
+    c: &Connection,
+    source: &str,
+    contact: &str,
+) -> rusqlite::Result<Option<(String, i64)>> {
     c.prepare_cached(
         "SELECT conversation_id, received_at FROM messages
          WHERE source = ?1 AND contact = ?2 AND conversation_id IS NOT NULL

@@ -50,8 +50,20 @@ pub enum Op {
         reply: Reply<usize>,
     },
     Probe(Reply<()>),
-    BeginReply { message_id: String, action: String, now: Millis, reply: Reply<ReplyClaim> },
-    FinishReply { message_id: String, action: String, result: ReplyResult, detail: Option<String>, now: Millis, reply: Reply<()> },
+    BeginReply {
+        message_id: String,
+        action: String,
+        now: Millis,
+        reply: Reply<ReplyClaim>,
+    },
+    FinishReply {
+        message_id: String,
+        action: String,
+        result: ReplyResult,
+        detail: Option<String>,
+        now: Millis,
+        reply: Reply<()>,
+    },
 }
 
 /// An executed op whose answer waits for the commit.
@@ -280,12 +292,28 @@ impl Writer {
                 Done::Count(reply, r.map(|(n, _)| n))
             }
             Op::Probe(tx) => Done::Unit(tx, Ok(())),
-            Op::BeginReply { message_id, action, now, reply } => {
-                let r = guarded(&mut self.conn, |c| begin_reply(c, &message_id, &action, now));
+            Op::BeginReply {
+                message_id,
+                action,
+                now,
+                reply,
+            } => {
+                let r = guarded(&mut self.conn, |c| {
+                    begin_reply(c, &message_id, &action, now)
+                });
                 Done::ReplyClaim(reply, r)
             }
-            Op::FinishReply { message_id, action, result, detail, now, reply } => {
-                let r = guarded(&mut self.conn, |c| finish_reply(c, &message_id, &action, result, detail.as_deref(), now));
+            Op::FinishReply {
+                message_id,
+                action,
+                result,
+                detail,
+                now,
+                reply,
+            } => {
+                let r = guarded(&mut self.conn, |c| {
+                    finish_reply(c, &message_id, &action, result, detail.as_deref(), now)
+                });
                 Done::Unit(reply, r)
             }
         }
@@ -618,7 +646,12 @@ pub(super) fn count_queue(c: &Connection) -> Result<QueueCounts, rusqlite::Error
     })
 }
 
-fn begin_reply(c: &Connection, message_id: &str, action: &str, now: Millis) -> Result<ReplyClaim, rusqlite::Error> {
+fn begin_reply(
+    c: &Connection,
+    message_id: &str,
+    action: &str,
+    now: Millis,
+) -> Result<ReplyClaim, rusqlite::Error> {
     let state: Option<String> = c
         .prepare_cached("SELECT state FROM reply_sends WHERE message_id = ?1 AND action = ?2")?
         .query_row(params![message_id, action], |r| r.get(0))
