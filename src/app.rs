@@ -32,6 +32,8 @@ impl App {
     /// Opens the store and binds the listener; nothing runs until
     /// [`App::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        // The recorder first: metric handles made before it would record nowhere.
+        let metrics = crate::telemetry::metrics_handle();
         let store: Arc<dyn Store> = match config.sqlite_path() {
             Some(path) => Arc::new(
                 SqliteStore::open(
@@ -58,19 +60,8 @@ impl App {
             if !provider.is_signed() {
                 tracing::warn!(source = %s.name, provider = s.provider.as_str(), "Source has no secret: requests are not verified.");
             }
-            let mut redact = Vec::new();
-            if let Some(sig) = &s.signature {
-                redact.push(sig.header.to_ascii_lowercase());
-            }
             follow_ups.insert(s.name.clone(), s.action_names());
-            sources.insert(
-                s.name.clone(),
-                Source {
-                    config: s.clone(),
-                    provider,
-                    redact,
-                },
-            );
+            sources.insert(s.name.clone(), Source::new(s.clone(), provider));
         }
         let rules =
             RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
@@ -121,7 +112,7 @@ impl App {
             admin_token,
             started: Instant::now(),
             workers: config.workers.concurrency,
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             outbound: outbound.clone(),
         });
         let w = &config.workers;

@@ -166,12 +166,19 @@ impl BodyFactory {
 }
 
 fn sms_body(run_id: &str, n: u64) -> Bytes {
-    // The fields an SMS forwarder app sends; only guid changes.
+    // The fields an SMS forwarder app sends; guid changes, and
+    // `time_received` carries the send time in Unix milliseconds so a
+    // forward sink (examples/forward_sink.rs) can measure end to end.
+    let sent_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     Bytes::from(format!(
         concat!(
-            r#"{{"date":"2026-01-01","hour":"12:00:00","time_received":"2026-01-01 12:00:00","#,
+            r#"{{"date":"2026-01-01","hour":"12:00:00","time_received":"{sent_ms}","#,
             r#""message":"bench message {n}","number":"+1555{num:07}","guid":"bench-{run}-{n}"}}"#
         ),
+        sent_ms = sent_ms,
         n = n,
         num = n % 10_000_000,
         run = run_id,

@@ -63,12 +63,15 @@ pub async fn receive(
             err.into_response()
         }
     };
-    metrics::counter!(
-        "inlet_ingest_requests_total",
-        "source" => label.to_string(),
-        "status" => response.status().as_str().to_string()
-    )
-    .increment(1);
+    match st.sources.get(&name) {
+        Some(source) if response.status() == StatusCode::OK => source.metrics.ok.increment(1),
+        _ => metrics::counter!(
+            "inlet_ingest_requests_total",
+            "source" => label.to_string(),
+            "status" => response.status().as_str().to_string()
+        )
+        .increment(1),
+    }
     response
 }
 
@@ -150,9 +153,10 @@ async fn accept(
         .ingest(batch)
         .await
         .map_err(|e| (ApiError::from(e), body.clone()))?;
-    metrics::counter!("inlet_messages_total", "source" => source.config.name.clone(), "result" => "accepted")
-        .increment(outcome.accepted as u64);
-    metrics::counter!("inlet_messages_total", "source" => source.config.name.clone(), "result" => "duplicate")
+    source.metrics.accepted.increment(outcome.accepted as u64);
+    source
+        .metrics
+        .duplicates
         .increment(outcome.duplicates as u64);
     let ok = provider.success_body(outcome.accepted, outcome.duplicates);
     Ok(([(header::CONTENT_TYPE, ok.content_type)], ok.body).into_response())

@@ -27,6 +27,43 @@ pub struct Source {
     pub provider: Arc<dyn Provider>,
     /// Header names whose values are redacted in the rejections log.
     pub redact: Vec<String>,
+    pub metrics: SourceMetrics,
+}
+
+impl Source {
+    pub fn new(config: SourceConfig, provider: Arc<dyn Provider>) -> Self {
+        let redact = config
+            .signature
+            .iter()
+            .map(|sig| sig.header.to_ascii_lowercase())
+            .collect();
+        let metrics = SourceMetrics::new(&config.name);
+        Self {
+            config,
+            provider,
+            redact,
+            metrics,
+        }
+    }
+}
+
+/// Metric handles of the success path, registered once per source so an
+/// ACK does not build label sets.
+pub struct SourceMetrics {
+    pub ok: metrics::Counter,
+    pub accepted: metrics::Counter,
+    pub duplicates: metrics::Counter,
+}
+
+impl SourceMetrics {
+    fn new(source: &str) -> Self {
+        let s = source.to_string();
+        Self {
+            ok: metrics::counter!("inlet_ingest_requests_total", "source" => s.clone(), "status" => "200"),
+            accepted: metrics::counter!("inlet_messages_total", "source" => s.clone(), "result" => "accepted"),
+            duplicates: metrics::counter!("inlet_messages_total", "source" => s, "result" => "duplicate"),
+        }
+    }
 }
 
 /// Everything handlers share; built once by `app`.

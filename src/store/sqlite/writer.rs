@@ -27,10 +27,11 @@ const MAX_BATCH: usize = 512;
 ///
 /// Each commit rewrites every page it touched (index leaves, the table's
 /// last page) into the WAL, so many small commits cost far more than a few
-/// large ones. When the previous batch held more than one op, requests are
-/// arriving concurrently and a short wait fills the batch; a lone request
-/// on an idle gateway never waits.
+/// large ones. When the previous batch was already large
+/// ([`LINGER_AFTER`] ops), requests are pouring in and a short wait fills
+/// the batch; at moderate rates batches stay small and nothing waits.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(250);
+const LINGER_AFTER: usize = 16;
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -135,7 +136,7 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             ops.push(first);
             let deadline = std::time::Instant::now()
-                + if last_batch > 1 {
+                + if last_batch >= LINGER_AFTER {
                     LINGER
                 } else {
                     std::time::Duration::ZERO
