@@ -23,15 +23,6 @@ use crate::domain::{EventId, InboundEvent};
 /// Ops per transaction at most; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
 
-/// How long a batch may wait for company once the writer is busy.
-///
-/// Each commit rewrites every page it touched (index leaves, the table's
-/// last page) into the WAL, so many small commits cost far more than a few
-/// large ones. When the previous batch was already large
-/// ([`LINGER_AFTER`] ops), requests are pouring in and a short wait fills
-/// the batch; at moderate rates batches stay small and nothing waits.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(250);
-const LINGER_AFTER: usize = 16;
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -132,25 +123,17 @@ impl Writer {
     /// Runs until every sender is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut ops = Vec::with_capacity(MAX_BATCH);
-        let mut last_batch = 0;
+        // No linger: a batch is whatever queued while the previous commit
+        // ran. Waiting for company was measured (BENCHMARKS.md) and only
+        // added latency.
         while let Some(first) = rx.blocking_recv() {
             ops.push(first);
-            let deadline = std::time::Instant::now()
-                + if last_batch >= LINGER_AFTER {
-                    LINGER
-                } else {
-                    std::time::Duration::ZERO
-                };
             while ops.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
-                    Err(_) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(std::time::Duration::from_micros(50));
-                    }
                     Err(_) => break,
                 }
             }
-            last_batch = ops.len();
             self.run_batch(&mut ops);
         }
     }
