@@ -4,20 +4,20 @@
 //! (closed loop hides queueing; use `--rate` for honest latency).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, Outcome};
-use super::report::{Summary, Tally, record};
+use super::conn::Conn;
+use super::measure::{Measured, Progress};
+use super::report::Summary;
 use super::{BenchArgs, BodyFactory, Target};
 
 struct Shared {
     measure_from: Instant,
     end: Instant,
-    finished: AtomicU64,
-    failed: AtomicU64,
+    progress: Progress,
 }
 
 pub async fn run(
@@ -30,8 +30,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         measure_from: start + args.warmup,
         end: start + args.warmup + args.duration,
-        finished: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
+        progress: Progress::default(),
     });
     let cancel = CancellationToken::new();
     let workers: Vec<_> = conns
@@ -46,12 +45,12 @@ pub async fn run(
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 bar.set_position(start.elapsed().as_millis() as u64);
-                let done = shared.finished.load(Ordering::Relaxed);
+                let done = shared.progress.finished.load(Ordering::Relaxed);
                 let secs = start.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
                     "done {done} ({:.0}/s) errors {}",
                     done as f64 / secs,
-                    shared.failed.load(Ordering::Relaxed)
+                    shared.progress.failed.load(Ordering::Relaxed)
                 ));
             }
         })
@@ -74,13 +73,7 @@ pub async fn run(
         eprintln!("interrupted: reporting what was measured so far");
     }
 
-    let mut tally = Tally::new();
-    let mut last_done: Option<Instant> = None;
-    for r in results {
-        let (t, done) = r?;
-        tally.merge(&t);
-        last_done = last_done.max(done);
-    }
+    let Measured { tally, last_done } = Measured::merge(results)?;
     let window_end = last_done.unwrap_or_else(Instant::now).max(if interrupted {
         shared.measure_from
     } else {
@@ -101,36 +94,20 @@ async fn worker(
     shared: Arc<Shared>,
     bodies: BodyFactory,
     cancel: CancellationToken,
-) -> (Tally, Option<Instant>) {
-    let mut tally = Tally::new();
-    let mut last_done = None;
+) -> Measured {
+    let mut measured = Measured::new();
     loop {
         let sent = Instant::now();
         if sent >= shared.end {
             break;
         }
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => break,
-            o = conn.post(bodies.next_body()) => o,
-        };
-        let done = Instant::now();
-        shared.finished.fetch_add(1, Ordering::Relaxed);
-        if outcome == Outcome::Error {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
+        let latency_from = (sent >= shared.measure_from).then_some(sent);
+        if !measured
+            .post_next(&mut conn, &bodies, &cancel, &shared.progress, latency_from)
+            .await
+        {
+            break;
         }
-        if sent < shared.measure_from {
-            continue;
-        }
-        match outcome {
-            Outcome::Success => tally.ok += 1,
-            Outcome::NotSuccess => tally.non_2xx += 1,
-            Outcome::Error => {
-                tally.errors += 1;
-                continue;
-            }
-        }
-        record(&mut tally.hist, done - sent);
-        last_done = Some(done);
     }
-    (tally, last_done)
+    measured
 }

@@ -14,10 +14,12 @@
 //!
 //! Layout: `target` parses and checks the URL (loopback only), `conn` is one
 //! keep-alive HTTP/1.1 connection, `openloop` and `maxload` drive the two
-//! modes, `report` turns histograms into the summary.
+//! modes through the request loop in `measure`, `report` turns histograms
+//! into the summary.
 
 mod conn;
 mod maxload;
+mod measure;
 mod openloop;
 mod report;
 mod target;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, Outcome};
-use super::report::{Summary, Tally, record};
+use super::conn::Conn;
+use super::measure::{Measured, Progress};
+use super::report::Summary;
 use super::{BenchArgs, BodyFactory, Target};
 
 /// How many requests a window of `window` holds at `rate` per second.
@@ -38,8 +39,7 @@ struct Shared {
     /// Requests before this index are warmup: sent, not measured.
     warmup_n: u64,
     dispatched: AtomicU64,
-    finished: AtomicU64,
-    failed: AtomicU64,
+    progress: Progress,
     stop: AtomicBool,
 }
 
@@ -64,8 +64,7 @@ pub async fn run(
         rate,
         warmup_n,
         dispatched: AtomicU64::new(0),
-        finished: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
+        progress: Progress::default(),
         stop: AtomicBool::new(false),
     });
 
@@ -100,8 +99,8 @@ pub async fn run(
                 bar.set_message(format!(
                     "sent {} done {} errors {}",
                     shared.dispatched.load(Ordering::Relaxed),
-                    shared.finished.load(Ordering::Relaxed),
-                    shared.failed.load(Ordering::Relaxed),
+                    shared.progress.finished.load(Ordering::Relaxed),
+                    shared.progress.failed.load(Ordering::Relaxed),
                 ));
             }
         })
@@ -134,13 +133,7 @@ pub async fn run(
     // The scheduler stops at its next wakeup (at most 50 ms).
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
 
-    let mut tally = Tally::new();
-    let mut last_done: Option<Instant> = None;
-    for r in results {
-        let (t, done) = r?;
-        tally.merge(&t);
-        last_done = last_done.max(done);
-    }
+    let Measured { tally, last_done } = Measured::merge(results)?;
     let measured_dispatched = shared
         .dispatched
         .load(Ordering::Relaxed)
@@ -192,9 +185,8 @@ async fn worker(
     shared: Arc<Shared>,
     bodies: BodyFactory,
     cancel: CancellationToken,
-) -> (Tally, Option<Instant>) {
-    let mut tally = Tally::new();
-    let mut last_done = None;
+) -> Measured {
+    let mut measured = Measured::new();
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -202,30 +194,15 @@ async fn worker(
         };
         let Some(i) = next else { break };
         let due = shared.start + intended_offset(i, shared.rate);
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => break,
-            o = conn.post(bodies.next_body()) => o,
-        };
-        let done = Instant::now();
-        shared.finished.fetch_add(1, Ordering::Relaxed);
-        if outcome == Outcome::Error {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
+        let latency_from = (i >= shared.warmup_n).then_some(due);
+        if !measured
+            .post_next(&mut conn, &bodies, &cancel, &shared.progress, latency_from)
+            .await
+        {
+            break;
         }
-        if i < shared.warmup_n {
-            continue;
-        }
-        match outcome {
-            Outcome::Success => tally.ok += 1,
-            Outcome::NotSuccess => tally.non_2xx += 1,
-            Outcome::Error => {
-                tally.errors += 1;
-                continue;
-            }
-        }
-        record(&mut tally.hist, done.saturating_duration_since(due));
-        last_done = Some(done);
     }
-    (tally, last_done)
+    measured
 }
 
 #[cfg(test)]

@@ -303,6 +303,15 @@ mod tests {
         }
     }
 
+    /// A breaker opened by one failure, and the instant its cooldown ends.
+    fn failed_once() -> (Breaker, Instant) {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, COOLDOWN);
+        go(&mut b, t0);
+        b.record(false, Verdict::Down, t0);
+        (b, t0 + COOLDOWN)
+    }
+
     #[test]
     fn opens_after_the_threshold_of_consecutive_failures() {
         let t0 = Instant::now();
@@ -345,11 +354,7 @@ mod tests {
 
     #[test]
     fn half_opens_after_cooldown_with_exactly_one_trial() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(1, COOLDOWN);
-        go(&mut b, t0);
-        b.record(false, Verdict::Down, t0);
-        let later = t0 + COOLDOWN;
+        let (mut b, later) = failed_once();
         assert!(
             go(&mut b, later),
             "the first caller after cooldown is the trial"
@@ -369,12 +374,7 @@ mod tests {
 
     #[test]
     fn trial_success_closes_and_failure_reopens() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(1, COOLDOWN);
-        go(&mut b, t0);
-        b.record(false, Verdict::Down, t0);
-
-        let t1 = t0 + COOLDOWN;
+        let (mut b, t1) = failed_once();
         assert!(go(&mut b, t1));
         b.record(true, Verdict::Down, t1);
         assert_eq!(
@@ -393,11 +393,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_trial_frees_the_slot() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(1, COOLDOWN);
-        go(&mut b, t0);
-        b.record(false, Verdict::Down, t0);
-        let t1 = t0 + COOLDOWN;
+        let (mut b, t1) = failed_once();
         assert!(go(&mut b, t1));
         b.record(true, Verdict::Abandoned, t1);
         assert!(go(&mut b, t1), "the next caller becomes the trial");
@@ -405,11 +401,7 @@ mod tests {
 
     #[test]
     fn late_results_of_ordinary_calls_do_not_decide_the_trial() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(1, COOLDOWN);
-        go(&mut b, t0);
-        b.record(false, Verdict::Down, t0);
-        let t1 = t0 + COOLDOWN;
+        let (mut b, t1) = failed_once();
         assert!(go(&mut b, t1));
         b.record(false, Verdict::Up, t1);
         assert_eq!(

@@ -22,7 +22,6 @@ use crate::domain::{Channel, InboundEvent, InboundMessage, MessageId, PhoneNumbe
 
 use super::{
     ParseContext, Parsed, Provider, ProviderError, Verified, WebhookRequest, from_json, signature,
-    standard_webhooks::check_timestamp,
 };
 
 const SIGNATURE_HEADER: &str = "X-Signature";
@@ -90,13 +89,9 @@ impl Provider for AndroidSmsGateway {
         let Some(secret) = &self.secret else {
             return Ok(Verified::new(req));
         };
-        let sig = req.header(SIGNATURE_HEADER)?.ok_or_else(|| {
-            ProviderError::InvalidSignature(format!("missing header {SIGNATURE_HEADER}"))
-        })?;
-        let timestamp = req.header(TIMESTAMP_HEADER)?.ok_or_else(|| {
-            ProviderError::InvalidSignature(format!("missing header {TIMESTAMP_HEADER}"))
-        })?;
-        check_timestamp(timestamp, req.now, TIMESTAMP_HEADER)?;
+        let sig = signature::required_header(&req, SIGNATURE_HEADER)?;
+        let timestamp = signature::required_header(&req, TIMESTAMP_HEADER)?;
+        signature::check_timestamp(timestamp, req.now, TIMESTAMP_HEADER)?;
         let sig = signature::decode(SignatureEncoding::Hex, sig).ok_or_else(|| {
             ProviderError::InvalidSignature(format!("header {SIGNATURE_HEADER} is not hex"))
         })?;
@@ -175,10 +170,10 @@ impl Provider for AndroidSmsGateway {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::HeaderMap;
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::testing::{self, is_invalid_signature};
 
     /// The key and timestamp `sms-received.x-signature` was computed with
     /// (by python3's hmac module; see the fixture README).
@@ -198,8 +193,7 @@ mod tests {
     const PING: &str = include_str!("../../tests/fixtures/android-sms-gateway/system-ping.json");
 
     fn provider(extra: &str) -> AndroidSmsGateway {
-        let text = format!("[[sources]]\nname='phone'\nprovider='android-sms-gateway'\n{extra}");
-        AndroidSmsGateway::new(&Config::from_toml(&text, &[]).unwrap().sources.remove(0))
+        AndroidSmsGateway::new(&testing::source("phone", "android-sms-gateway", extra))
     }
 
     fn signed() -> AndroidSmsGateway {
@@ -216,10 +210,7 @@ mod tests {
     }
 
     fn headers(sig: &str, ts: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("x-signature", HeaderValue::from_str(sig).unwrap());
-        h.insert("x-timestamp", HeaderValue::from_str(ts).unwrap());
-        h
+        testing::headers([("x-signature", sig), ("x-timestamp", ts)])
     }
 
     fn signed_headers(body: &[u8], ts: i64) -> HeaderMap {
@@ -228,14 +219,7 @@ mod tests {
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now: i64) -> WebhookRequest<'a> {
-        WebhookRequest {
-            method: &Method::POST,
-            path_and_query: "/hooks/phone",
-            headers,
-            body,
-            public_url: "http://127.0.0.1:8080",
-            now,
-        }
+        testing::request("/hooks/phone", headers, body, now)
     }
 
     fn run(
@@ -244,22 +228,11 @@ mod tests {
         body: &str,
         now: i64,
     ) -> Result<Parsed, ProviderError> {
-        let v = p.verify(request(headers, body.as_bytes(), now))?;
-        p.parse(
-            v,
-            ParseContext {
-                source: "phone",
-                received_at: "2026-01-01T00:00:00Z",
-            },
-        )
+        testing::verify_and_parse(p, request(headers, body.as_bytes(), now), "phone")
     }
 
     fn unsigned(body: &str) -> Result<Parsed, ProviderError> {
         run(&provider(""), &HeaderMap::new(), body, 0)
-    }
-
-    fn is_invalid_signature(r: Result<Parsed, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
     }
 
     #[test]
@@ -493,25 +466,19 @@ mod tests {
 
     #[test]
     fn a_request_we_sign_verifies_and_flipping_any_body_byte_fails() {
-        let p = signed();
-        for body in [RECEIVED_BODY, SENT, PING] {
-            let body = body.as_bytes();
-            let h = signed_headers(body, FIXTURE_TS);
-            assert!(p.verify(request(&h, body, FIXTURE_TS)).is_ok());
-            for i in 0..body.len() {
-                let mut flipped = body.to_vec();
-                flipped[i] ^= 0x20;
-                assert!(
-                    p.verify(request(&h, &flipped, FIXTURE_TS)).is_err(),
-                    "byte {i}"
-                );
-            }
-        }
+        testing::assert_signed_bodies_verify_and_flips_fail(
+            &signed(),
+            "/hooks/phone",
+            FIXTURE_TS,
+            &[RECEIVED_BODY.as_bytes(), SENT.as_bytes(), PING.as_bytes()],
+            &[0x20],
+            |body| signed_headers(body, FIXTURE_TS),
+        );
     }
 
     #[test]
     fn arbitrary_bodies_never_panic() {
-        for body in [
+        let bodies = [
             "",
             "null",
             "[]",
@@ -521,10 +488,11 @@ mod tests {
             r#"{"id":"a","event":"sms:received","payload":[]}"#,
             r#"{"id":"a","event":5,"payload":{}}"#,
             r#"{"id":"a","event":"x","payload":"str"}"#,
-        ] {
+        ];
+        testing::assert_arbitrary_bodies_never_panic(bodies, |body| {
             let _ = unsigned(body);
             let h = signed_headers(body.as_bytes(), FIXTURE_TS);
-            let _ = run(&signed(), &h, body, FIXTURE_TS);
-        }
+            run(&signed(), &h, body, FIXTURE_TS)
+        });
     }
 }

@@ -476,11 +476,11 @@ fn media_of(message: &Value, depth: usize) -> Vec<Media> {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::{HeaderMap, HeaderValue};
     use serde_json::json;
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::testing::{self, is_invalid_signature};
 
     const SECRET: &str = "EVO-INSTANCE-TOKEN-0001";
     const NOW: i64 = 1_767_225_600;
@@ -501,23 +501,11 @@ mod tests {
     const CONNECTION: &str = include_str!("../../tests/fixtures/evolution/connection-update.json");
 
     fn provider(extra: &str) -> Evolution {
-        let text = format!("[[sources]]\nname='wa'\nprovider='evolution'\n{extra}");
-        Evolution::new(&Config::from_toml(&text, &[]).unwrap().sources.remove(0))
+        Evolution::new(&testing::source("wa", "evolution", extra))
     }
 
     fn signed() -> Evolution {
         provider(&format!("secret='{SECRET}'"))
-    }
-
-    fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now: i64) -> WebhookRequest<'a> {
-        WebhookRequest {
-            method: &Method::POST,
-            path_and_query: "/hooks/wa",
-            headers,
-            body,
-            public_url: "http://127.0.0.1:8080",
-            now,
-        }
     }
 
     fn run_at(
@@ -526,14 +514,8 @@ mod tests {
         body: &str,
         now: i64,
     ) -> Result<Parsed, ProviderError> {
-        let v = p.verify(request(headers, body.as_bytes(), now))?;
-        p.parse(
-            v,
-            ParseContext {
-                source: "wa",
-                received_at: "2026-01-01T00:00:00Z",
-            },
-        )
+        let req = testing::request("/hooks/wa", headers, body.as_bytes(), now);
+        testing::verify_and_parse(p, req, "wa")
     }
 
     /// A fixture as Evolution sends it, authenticated by its body apikey.
@@ -581,16 +563,7 @@ mod tests {
     }
 
     fn bearer(token: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        h
-    }
-
-    fn is_invalid_signature(r: Result<Parsed, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
+        testing::headers([("authorization", format!("Bearer {token}").as_str())])
     }
 
     #[test]
@@ -1040,24 +1013,16 @@ mod tests {
     #[test]
     fn a_jwt_we_sign_verifies_and_flipping_any_token_byte_fails() {
         let token = evolution_jwt(NOW, SECRET);
-        assert!(verify_hs256_jwt(&token, SECRET.as_bytes(), NOW).is_ok());
-        for i in 0..token.len() {
-            let mut bytes = token.clone().into_bytes();
-            bytes[i] ^= 0x01;
-            let Ok(flipped) = String::from_utf8(bytes) else {
-                continue;
-            };
-            assert!(
-                verify_hs256_jwt(&flipped, SECRET.as_bytes(), NOW).is_err(),
-                "byte {i}: {flipped}"
-            );
-        }
+        testing::assert_every_flipped_byte_fails("token", token.as_bytes(), &[0x01], |t| {
+            // A base64url token flipped in bit 0 stays ASCII.
+            verify_hs256_jwt(std::str::from_utf8(t).unwrap(), SECRET.as_bytes(), NOW)
+        });
     }
 
     #[test]
     fn arbitrary_bodies_never_panic() {
         let p = provider("");
-        for body in [
+        let bodies = [
             "",
             "null",
             "[]",
@@ -1068,10 +1033,11 @@ mod tests {
             r#"{"event":"messages.upsert","instance":"i","data":{"key":{"id":"a","remoteJid":"@lid"},"message":{"ephemeralMessage":{"message":{"ephemeralMessage":{"message":{"ephemeralMessage":{"message":{"ephemeralMessage":{"message":{"ephemeralMessage":{"message":{"conversation":"deep"}}}}}}}}}}}}}"#,
             r#"{"event":"x","data":[1,2]}"#,
             r#"{"event":"messages.upsert","instance":"i","apikey":5,"data":{"key":{"id":"a","remoteJid":"1@g.us","participant":7}}}"#,
-        ] {
+        ];
+        testing::assert_arbitrary_bodies_never_panic(bodies, |body| {
             let _ = run_at(&p, &HeaderMap::new(), body, NOW);
-            let _ = run_at(&signed(), &HeaderMap::new(), body, NOW);
-        }
+            run_at(&signed(), &HeaderMap::new(), body, NOW)
+        });
         let _ = verify_hs256_jwt("é.é.é", b"k", NOW);
     }
 }

@@ -16,6 +16,9 @@ pub mod standard_webhooks;
 pub mod twilio;
 pub mod whatsapp_cloud;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method};

@@ -249,10 +249,10 @@ impl Provider for Respondio {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::testing::{self, is_invalid_signature};
 
     const KEY: &str = "respondio-test-signing-key";
     const RECEIVED: &[u8] = include_bytes!("../../tests/fixtures/respondio/message_received.json");
@@ -263,8 +263,7 @@ mod tests {
     const RECEIVED_SIGNATURE: &str = include_str!("../../tests/fixtures/respondio/signature.txt");
 
     fn source(extra: &str) -> SourceConfig {
-        let text = format!("[[sources]]\nname='rio'\nprovider='respondio'\n{extra}");
-        Config::from_toml(&text, &[]).unwrap().sources.remove(0)
+        testing::source("rio", "respondio", extra)
     }
 
     fn signed() -> Respondio {
@@ -272,35 +271,22 @@ mod tests {
     }
 
     fn headers(signature: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        if let Some(s) = signature {
-            h.insert("x-webhook-signature", HeaderValue::from_str(s).unwrap());
-        }
-        h
+        let sig = signature.map(|s| ("x-webhook-signature", s));
+        testing::headers(
+            [("content-type", "application/json")]
+                .into_iter()
+                .chain(sig),
+        )
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> WebhookRequest<'a> {
-        WebhookRequest {
-            method: &Method::POST,
-            path_and_query: "/hooks/rio",
-            headers,
-            body,
-            public_url: "https://hooks.example.com",
-            now: 0,
-        }
+        testing::request("/hooks/rio", headers, body, 0)
     }
-
-    const CTX: ParseContext<'static> = ParseContext {
-        source: "rio",
-        received_at: "2026-01-01T00:00:00Z",
-    };
 
     fn run(p: &Respondio, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ProviderError> {
         let req = request(headers, body);
         p.check_content_type(&req)?;
-        let v = p.verify(req)?;
-        p.parse(v, CTX)
+        testing::verify_and_parse(p, req, "rio")
     }
 
     fn parse_unsigned(body: &[u8]) -> Result<Parsed, ProviderError> {
@@ -309,10 +295,6 @@ mod tests {
 
     fn sign(key: &str, body: &[u8]) -> String {
         signature::sign_body(&signature_config(), key.as_bytes(), body)
-    }
-
-    fn is_invalid_signature<T: std::fmt::Debug>(r: Result<T, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
     }
 
     #[test]
@@ -507,32 +489,19 @@ mod tests {
 
     #[test]
     fn respondio_signed_request_always_verifies_and_any_flipped_byte_fails() {
-        let p = signed();
-        for body in [RECEIVED, ATTACHMENT, SENT] {
-            let sig = sign(KEY, body);
-            let h = headers(Some(&sig));
-            assert!(p.verify(request(&h, body)).is_ok());
-            let mut bytes = body.to_vec();
-            for i in 0..bytes.len() {
-                bytes[i] ^= 0x01;
-                assert!(
-                    is_invalid_signature(p.verify(request(&h, &bytes))),
-                    "flipping byte {i} still verified"
-                );
-                bytes[i] ^= 0x01;
-            }
-        }
+        testing::assert_signed_bodies_verify_and_flips_fail(
+            &signed(),
+            "/hooks/rio",
+            0,
+            &[RECEIVED, ATTACHMENT, SENT],
+            &[0x01],
+            |body| headers(Some(&sign(KEY, body))),
+        );
     }
 
     #[test]
     fn respondio_arbitrary_bodies_never_panic() {
-        let pieces = [
-            "{",
-            "}",
-            "[",
-            "]",
-            ",",
-            ":",
+        let pieces = testing::json_pieces(&[
             "\"event_type\"",
             "\"message.received\"",
             "\"message\"",
@@ -544,25 +513,13 @@ mod tests {
             "\"source\"",
             "\"attachment\"",
             "\"url\"",
-            "1",
             "-1",
             "1e400",
             "18446744073709551616",
-            "null",
-            "\"\"",
-            "\"x\"",
-        ];
-        let mut seed: u32 = 0x2545_f491;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed as usize
-        };
-        for _ in 0..2000 {
-            let n = next() % 30;
-            let body: String = (0..n).map(|_| pieces[next() % pieces.len()]).collect();
-            let _ = parse_unsigned(body.as_bytes());
-        }
+        ]);
+        testing::assert_arbitrary_bodies_never_panic(
+            testing::arbitrary_bodies(0x2545_f491, 2000, 30, &pieces),
+            |body| parse_unsigned(&body),
+        );
     }
 }

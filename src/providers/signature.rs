@@ -52,6 +52,40 @@ pub fn encode(encoding: SignatureEncoding, bytes: &[u8]) -> String {
     }
 }
 
+/// How far a signed timestamp header may be from our clock, either way:
+/// the Standard Webhooks window, which `android-sms-gateway`'s app
+/// documents too.
+pub const TOLERANCE_SECS: u64 = 5 * 60;
+
+/// Parses a unix-seconds timestamp header and checks it is within
+/// [`TOLERANCE_SECS`] of `now` in either direction (a replayed request is
+/// old; a far-future one could be replayed later).
+pub fn check_timestamp(value: &str, now: i64, header: &str) -> Result<i64, ProviderError> {
+    // Digits only: the value is signed as sent, so "+1700000000" or
+    // " 1700000000" must not verify as 1700000000.
+    if value.is_empty() || value.len() > 18 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProviderError::InvalidSignature(format!(
+            "header {header} must be unix seconds"
+        )));
+    }
+    let ts: i64 = value.parse().map_err(|_| {
+        ProviderError::InvalidSignature(format!("header {header} must be unix seconds"))
+    })?;
+    if now.abs_diff(ts) > TOLERANCE_SECS {
+        return Err(ProviderError::InvalidSignature(format!(
+            "header {header} is more than {TOLERANCE_SECS} s away from the server clock"
+        )));
+    }
+    Ok(ts)
+}
+
+/// The single value of a header a signature needs; missing (or repeated)
+/// is an invalid signature.
+pub fn required_header<'a>(req: &WebhookRequest<'a>, name: &str) -> Result<&'a str, ProviderError> {
+    req.header(name)?
+        .ok_or_else(|| ProviderError::InvalidSignature(format!("missing header {name}")))
+}
+
 /// Checks a generic "HMAC of the raw body in one header" signature.
 pub fn verify_body_hmac(
     req: &WebhookRequest<'_>,

@@ -26,10 +26,6 @@ use super::{
     ParseContext, Parsed, Provider, ProviderError, Verified, WebhookRequest, from_json, signature,
 };
 
-/// How far `webhook-timestamp` may be from our clock, either way. Also used
-/// by `android-sms-gateway`, whose app documents the same window.
-pub const TOLERANCE_SECS: u64 = 5 * 60;
-
 const SECRET_PREFIX: &str = "whsec_";
 const ID_HEADER: &str = "webhook-id";
 const TIMESTAMP_HEADER: &str = "webhook-timestamp";
@@ -84,28 +80,6 @@ fn mac(key: &SigningKey, id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
     )
 }
 
-/// Parses a unix-seconds timestamp header and checks it is within
-/// [`TOLERANCE_SECS`] of `now` in either direction (a replayed request is
-/// old; a far-future one could be replayed later).
-pub fn check_timestamp(value: &str, now: i64, header: &str) -> Result<i64, ProviderError> {
-    // Digits only: the value is signed as sent, so "+1700000000" or
-    // " 1700000000" must not verify as 1700000000.
-    if value.is_empty() || value.len() > 18 || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ProviderError::InvalidSignature(format!(
-            "header {header} must be unix seconds"
-        )));
-    }
-    let ts: i64 = value.parse().map_err(|_| {
-        ProviderError::InvalidSignature(format!("header {header} must be unix seconds"))
-    })?;
-    if now.abs_diff(ts) > TOLERANCE_SECS {
-        return Err(ProviderError::InvalidSignature(format!(
-            "header {header} is more than {TOLERANCE_SECS} s away from the server clock"
-        )));
-    }
-    Ok(ts)
-}
-
 #[derive(Debug)]
 pub struct StandardWebhooks {
     /// `None`: unsigned source. `Some(Err)`: a secret that does not decode;
@@ -128,11 +102,6 @@ impl StandardWebhooks {
     }
 }
 
-fn required<'a>(req: &WebhookRequest<'a>, name: &str) -> Result<&'a str, ProviderError> {
-    req.header(name)?
-        .ok_or_else(|| ProviderError::InvalidSignature(format!("missing header {name}")))
-}
-
 impl Provider for StandardWebhooks {
     fn kind(&self) -> ProviderKind {
         ProviderKind::StandardWebhooks
@@ -149,10 +118,10 @@ impl Provider for StandardWebhooks {
         let key = key.as_ref().map_err(|e| {
             ProviderError::InvalidSignature(format!("the source's secret is unusable: {e}"))
         })?;
-        let id = required(&req, ID_HEADER)?;
-        let timestamp = required(&req, TIMESTAMP_HEADER)?;
-        let signatures = required(&req, SIGNATURE_HEADER)?;
-        check_timestamp(timestamp, req.now, TIMESTAMP_HEADER)?;
+        let id = signature::required_header(&req, ID_HEADER)?;
+        let timestamp = signature::required_header(&req, TIMESTAMP_HEADER)?;
+        let signatures = signature::required_header(&req, SIGNATURE_HEADER)?;
+        signature::check_timestamp(timestamp, req.now, TIMESTAMP_HEADER)?;
         let expected = mac(key, id, timestamp, req.body);
         let matched = signatures
             .split(' ')
@@ -235,11 +204,12 @@ fn phone_at(body: &Value, pointer: &str) -> Result<Option<PhoneNumber>, Provider
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::{HeaderMap, HeaderValue};
     use serde::Deserialize;
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::signature::{TOLERANCE_SECS, check_timestamp};
+    use crate::providers::testing::{self, is_invalid_signature};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -263,8 +233,7 @@ mod tests {
     }
 
     fn provider(extra: &str) -> StandardWebhooks {
-        let text = format!("[[sources]]\nname='sw'\nprovider='standard-webhooks'\n{extra}");
-        StandardWebhooks::new(&Config::from_toml(&text, &[]).unwrap().sources.remove(0))
+        StandardWebhooks::new(&testing::source("sw", "standard-webhooks", extra))
     }
 
     fn signed() -> StandardWebhooks {
@@ -272,14 +241,12 @@ mod tests {
     }
 
     fn headers(id: &str, ts: i64, sig: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(ID_HEADER, HeaderValue::from_str(id).unwrap());
-        h.insert(
-            TIMESTAMP_HEADER,
-            HeaderValue::from_str(&ts.to_string()).unwrap(),
-        );
-        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(sig).unwrap());
-        h
+        let ts = ts.to_string();
+        testing::headers([
+            (ID_HEADER, id),
+            (TIMESTAMP_HEADER, ts.as_str()),
+            (SIGNATURE_HEADER, sig),
+        ])
     }
 
     fn signed_headers(id: &str, ts: i64, body: &[u8]) -> HeaderMap {
@@ -288,14 +255,7 @@ mod tests {
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now: i64) -> WebhookRequest<'a> {
-        WebhookRequest {
-            method: &Method::POST,
-            path_and_query: "/hooks/sw",
-            headers,
-            body,
-            public_url: "http://127.0.0.1:8080",
-            now,
-        }
+        testing::request("/hooks/sw", headers, body, now)
     }
 
     fn run(
@@ -304,18 +264,7 @@ mod tests {
         body: &[u8],
         now: i64,
     ) -> Result<Parsed, ProviderError> {
-        let v = p.verify(request(headers, body, now))?;
-        p.parse(
-            v,
-            ParseContext {
-                source: "sw",
-                received_at: "2026-01-01T00:00:00Z",
-            },
-        )
-    }
-
-    fn is_invalid_signature(r: Result<Parsed, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
+        testing::verify_and_parse(p, request(headers, body, now), "sw")
     }
 
     #[test]
@@ -358,13 +307,7 @@ mod tests {
         assert!(SigningKey::parse("whsec_").is_err());
         // `check-config` refuses such a secret; the adapter still fails
         // closed if one reaches it.
-        let mut source = Config::from_toml(
-            "[[sources]]\nname='sw'\nprovider='standard-webhooks'\n",
-            &[],
-        )
-        .unwrap()
-        .sources
-        .remove(0);
+        let mut source = testing::source("sw", "standard-webhooks", "");
         source.secret = Some(crate::config::Secret::new("whsec_not*base64!"));
         let p = StandardWebhooks::new(&source);
         assert!(p.is_signed());
@@ -523,11 +466,12 @@ mod tests {
             "-5",
         ] {
             let expected = mac(&key, "msg_1", ts, MESSAGE.as_bytes());
-            let mut h = HeaderMap::new();
-            h.insert(ID_HEADER, HeaderValue::from_static("msg_1"));
-            h.insert(TIMESTAMP_HEADER, HeaderValue::from_str(ts).unwrap());
             let sig = format!("v1,{}", STANDARD.encode(expected));
-            h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&sig).unwrap());
+            let h = testing::headers([
+                (ID_HEADER, "msg_1"),
+                (TIMESTAMP_HEADER, ts),
+                (SIGNATURE_HEADER, sig.as_str()),
+            ]);
             assert!(
                 is_invalid_signature(run(&signed(), &h, MESSAGE.as_bytes(), NOW)),
                 "timestamp {ts:?}"
@@ -622,28 +566,21 @@ mod tests {
 
     #[test]
     fn a_request_we_sign_verifies_and_flipping_any_body_byte_fails() {
-        let p = signed();
-        let key = SigningKey::parse(SECRET).unwrap();
-        let body = MESSAGE.trim().as_bytes();
-        let h = headers("msg_prop", NOW, &sign(&key, "msg_prop", NOW, body));
-        assert!(p.verify(request(&h, body, NOW)).is_ok());
-        for i in 0..body.len() {
-            for bit in [0x01u8, 0x80] {
-                let mut flipped = body.to_vec();
-                flipped[i] ^= bit;
-                assert!(
-                    p.verify(request(&h, &flipped, NOW)).is_err(),
-                    "byte {i} bit {bit:#x}"
-                );
-            }
-        }
+        testing::assert_signed_bodies_verify_and_flips_fail(
+            &signed(),
+            "/hooks/sw",
+            NOW,
+            &[MESSAGE.trim().as_bytes()],
+            &[0x01, 0x80],
+            |body| signed_headers("msg_prop", NOW, body),
+        );
     }
 
     #[test]
     fn arbitrary_bytes_and_headers_never_panic() {
         let p = signed();
         let bodies: [&[u8]; 5] = [b"", b"\xff\xfe", b"{", b"[]", b"null"];
-        for body in bodies {
+        testing::assert_arbitrary_bodies_never_panic(bodies, |body| {
             for sig in ["", "v1", ",", "v1,,", "v1,\u{7f}", "v1,==== v1,a"] {
                 let Ok(sig) = HeaderValue::from_str(sig) else {
                     continue;
@@ -653,7 +590,7 @@ mod tests {
                 let _ = run(&p, &h, body, NOW);
                 let _ = run(&provider("text_pointer='/a'"), &h, body, NOW);
             }
-        }
+        });
         let _ = check_timestamp("99999999999999999999", i64::MIN, "t");
         let _ = check_timestamp("999999999999999999", i64::MAX, "t");
     }

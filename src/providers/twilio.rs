@@ -426,13 +426,12 @@ fn normalize(params: &Params, raw: Value, ctx: ParseContext<'_>) -> Result<Parse
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::testing::{self, PUBLIC_URL, is_invalid_signature};
 
     const TOKEN: &str = "twilio-test-auth-token";
-    const PUBLIC_URL: &str = "https://hooks.example.com";
     const PATH: &str = "/hooks/twilio-main";
 
     const INBOUND_SMS: &str = include_str!("../../tests/fixtures/twilio/inbound_sms.form");
@@ -462,8 +461,7 @@ mod tests {
     }
 
     fn source(extra: &str) -> SourceConfig {
-        let text = format!("[[sources]]\nname='twilio-main'\nprovider='twilio'\n{extra}");
-        Config::from_toml(&text, &[]).unwrap().sources.remove(0)
+        testing::source("twilio-main", "twilio", extra)
     }
 
     fn signed() -> Twilio {
@@ -471,12 +469,8 @@ mod tests {
     }
 
     fn form_headers(signature: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static(FORM));
-        if let Some(s) = signature {
-            h.insert("x-twilio-signature", HeaderValue::from_str(s).unwrap());
-        }
-        h
+        let sig = signature.map(|s| ("x-twilio-signature", s));
+        testing::headers([("content-type", FORM)].into_iter().chain(sig))
     }
 
     fn json_headers(signature: Option<&str>) -> HeaderMap {
@@ -495,12 +489,8 @@ mod tests {
         body: &'a [u8],
     ) -> WebhookRequest<'a> {
         WebhookRequest {
-            method: &Method::POST,
-            path_and_query,
-            headers,
-            body,
             public_url,
-            now: 0,
+            ..testing::request(path_and_query, headers, body, 0)
         }
     }
 
@@ -517,12 +507,7 @@ mod tests {
     ) -> Result<Parsed, ProviderError> {
         let req = request(PUBLIC_URL, path_and_query, headers, body.as_bytes());
         p.check_content_type(&req)?;
-        let v = p.verify(req)?;
-        p.parse(v, CTX)
-    }
-
-    fn is_invalid_signature<T: std::fmt::Debug>(r: Result<T, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
+        testing::verify_and_parse(p, req, "twilio-main")
     }
 
     #[test]
@@ -996,31 +981,24 @@ mod tests {
     fn twilio_signed_request_always_verifies_and_any_flipped_byte_fails() {
         let p = signed();
         let url = format!("{PUBLIC_URL}{PATH}");
-        for body in [INBOUND_SMS, INBOUND_MMS, INBOUND_WHATSAPP, STATUS_CALLBACK] {
-            let sig = sign(TOKEN.as_bytes(), &url, &form_pairs(body.as_bytes()));
-            let h = form_headers(Some(&sig));
-            assert!(
-                p.verify(request(PUBLIC_URL, PATH, &h, body.as_bytes()))
-                    .is_ok()
-            );
-            let mut bytes = body.as_bytes().to_vec();
-            for i in 0..bytes.len() {
-                bytes[i] ^= 0x01;
-                let req = request(PUBLIC_URL, PATH, &h, &bytes);
-                assert!(
-                    is_invalid_signature(p.verify(req)),
-                    "flipping body byte {i} of {body:?} still verified"
-                );
-                bytes[i] ^= 0x01;
-            }
-            let mut path = PATH.as_bytes().to_vec();
-            for i in 0..path.len() {
-                path[i] ^= 0x01;
-                let flipped = String::from_utf8(path.clone()).unwrap();
-                let req = request(PUBLIC_URL, &flipped, &h, body.as_bytes());
-                assert!(is_invalid_signature(p.verify(req)), "path byte {i}");
-                path[i] ^= 0x01;
-            }
+        let bodies =
+            [INBOUND_SMS, INBOUND_MMS, INBOUND_WHATSAPP, STATUS_CALLBACK].map(str::as_bytes);
+        let sign_form =
+            |body: &[u8]| form_headers(Some(&sign(TOKEN.as_bytes(), &url, &form_pairs(body))));
+        testing::assert_signed_bodies_verify_and_flips_fail(
+            &p,
+            PATH,
+            0,
+            &bodies,
+            &[0x01],
+            sign_form,
+        );
+        for body in bodies {
+            let h = sign_form(body);
+            testing::assert_every_flipped_byte_fails("path", PATH.as_bytes(), &[0x01], |path| {
+                let path = std::str::from_utf8(path).unwrap();
+                p.verify(request(PUBLIC_URL, path, &h, body)).map(drop)
+            });
         }
     }
 
@@ -1028,20 +1006,10 @@ mod tests {
     fn twilio_arbitrary_bytes_never_panic() {
         let p = signed();
         let unsigned = Twilio::new(&source(""));
-        let mut seed: u32 = 0x1234_5678;
-        let mut next = || {
-            // xorshift32: deterministic pseudo-random bytes, no extra crate.
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
         let alphabet = b"MessageSid=From&To%2B%3A+NumMedia0123456789MediaUrlwhatsapp:\xff\x00=&";
-        for _ in 0..500 {
-            let len = (next() % 120) as usize;
-            let body: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() as usize) % alphabet.len()])
-                .collect();
+        let bytes: Vec<&[u8]> = alphabet.chunks(1).collect();
+        let bodies = testing::arbitrary_bodies(0x1234_5678, 500, 120, &bytes);
+        testing::assert_arbitrary_bodies_never_panic(bodies, |body| {
             for ct in [FORM, "application/json"] {
                 let mut h = HeaderMap::new();
                 h.insert("content-type", HeaderValue::from_static(ct));
@@ -1055,6 +1023,6 @@ mod tests {
                     }
                 }
             }
-        }
+        });
     }
 }

@@ -510,10 +510,10 @@ fn normalize_message(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderMap, HeaderValue, Method};
+    use axum::http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::config::Config;
+    use crate::providers::testing::{self, is_invalid_signature};
 
     const SECRET: &str = "meta-test-app-secret";
     const TEXT: &[u8] = include_bytes!("../../tests/fixtures/whatsapp-cloud/text.json");
@@ -524,8 +524,7 @@ mod tests {
     const BATCH_SIGNATURE: &str = include_str!("../../tests/fixtures/whatsapp-cloud/signature.txt");
 
     fn source(extra: &str) -> SourceConfig {
-        let text = format!("[[sources]]\nname='wa'\nprovider='whatsapp-cloud'\n{extra}");
-        Config::from_toml(&text, &[]).unwrap().sources.remove(0)
+        testing::source("wa", "whatsapp-cloud", extra)
     }
 
     fn signed() -> WhatsappCloud {
@@ -535,12 +534,12 @@ mod tests {
     }
 
     fn headers(signature: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        if let Some(s) = signature {
-            h.insert("x-hub-signature-256", HeaderValue::from_str(s).unwrap());
-        }
-        h
+        let sig = signature.map(|s| ("x-hub-signature-256", s));
+        testing::headers(
+            [("content-type", "application/json")]
+                .into_iter()
+                .chain(sig),
+        )
     }
 
     fn sign(secret: &str, body: &[u8]) -> String {
@@ -548,34 +547,17 @@ mod tests {
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> WebhookRequest<'a> {
-        WebhookRequest {
-            method: &Method::POST,
-            path_and_query: "/hooks/wa",
-            headers,
-            body,
-            public_url: "https://hooks.example.com",
-            now: 0,
-        }
+        testing::request("/hooks/wa", headers, body, 0)
     }
-
-    const CTX: ParseContext<'static> = ParseContext {
-        source: "wa",
-        received_at: "2026-01-01T00:00:00Z",
-    };
 
     fn run(p: &WhatsappCloud, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ProviderError> {
         let req = request(headers, body);
         p.check_content_type(&req)?;
-        let v = p.verify(req)?;
-        p.parse(v, CTX)
+        testing::verify_and_parse(p, req, "wa")
     }
 
     fn parse_unsigned(body: &[u8]) -> Result<Parsed, ProviderError> {
         run(&WhatsappCloud::new(&source("")), &HeaderMap::new(), body)
-    }
-
-    fn is_invalid_signature<T: std::fmt::Debug>(r: Result<T, ProviderError>) -> bool {
-        matches!(r, Err(ProviderError::InvalidSignature(_)))
     }
 
     #[test]
@@ -939,32 +921,19 @@ mod tests {
 
     #[test]
     fn whatsapp_signed_request_always_verifies_and_any_flipped_byte_fails() {
-        let p = signed();
-        for body in [TEXT, BATCH, TEMPLATE_STATUS] {
-            let sig = sign(SECRET, body);
-            let h = headers(Some(&sig));
-            assert!(p.verify(request(&h, body)).is_ok());
-            let mut bytes = body.to_vec();
-            for i in 0..bytes.len() {
-                bytes[i] ^= 0x01;
-                assert!(
-                    is_invalid_signature(p.verify(request(&h, &bytes))),
-                    "flipping byte {i} still verified"
-                );
-                bytes[i] ^= 0x01;
-            }
-        }
+        testing::assert_signed_bodies_verify_and_flips_fail(
+            &signed(),
+            "/hooks/wa",
+            0,
+            &[TEXT, BATCH, TEMPLATE_STATUS],
+            &[0x01],
+            |body| headers(Some(&sign(SECRET, body))),
+        );
     }
 
     #[test]
     fn whatsapp_arbitrary_bodies_never_panic() {
-        let pieces = [
-            "{",
-            "}",
-            "[",
-            "]",
-            ",",
-            ":",
+        let pieces = testing::json_pieces(&[
             "\"object\"",
             "\"whatsapp_business_account\"",
             "\"entry\"",
@@ -978,24 +947,12 @@ mod tests {
             "\"type\"",
             "\"image\"",
             "\"text\"",
-            "1",
-            "null",
-            "\"\"",
             "\"metadata\"",
             "\"display_phone_number\"",
-            "\"x\"",
-        ];
-        let mut seed: u32 = 0x9e37_79b9;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed as usize
-        };
-        for _ in 0..2000 {
-            let n = next() % 40;
-            let body: String = (0..n).map(|_| pieces[next() % pieces.len()]).collect();
-            let _ = parse_unsigned(body.as_bytes());
-        }
+        ]);
+        testing::assert_arbitrary_bodies_never_panic(
+            testing::arbitrary_bodies(0x9e37_79b9, 2000, 40, &pieces),
+            |body| parse_unsigned(&body),
+        );
     }
 }

@@ -10,20 +10,9 @@ fn from(guid: &str, number: &str) -> serde_json::Value {
 }
 
 async fn lookups(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
+    app.metric("inlet_conversation_lookups_total", "")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("inlet_conversation_lookups_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
+        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test]

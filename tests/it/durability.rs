@@ -158,23 +158,14 @@ async fn health_answers_while_another_connection_holds_the_database_locked() {
     assert_eq!(r.headers()["retry-after"], "5");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
-    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(app.ready_status().await, 503);
 
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     let (status, resp) = app.post_json("sms", &sms("during", "hi").to_string()).await;
     assert_eq!(status, 200);
     assert_eq!(resp["accepted"], 1, "the refused message was not stored");
-    assert_eq!(
-        app.client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.ready_status().await, 200);
 }
 
 #[tokio::test]

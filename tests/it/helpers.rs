@@ -20,15 +20,27 @@ pub struct TestApp {
     stderr_log: PathBuf,
 }
 
-/// A config with one unsigned `sms` source, the store in `dir`, and `extra`
-/// TOML appended (more sections or `[[sources]]`).
-pub fn config_with(extra: &str) -> String {
+/// A full config: `[workers]` gets `workers` (a 3 s lease unless given),
+/// then `rest` (sources with their actions, in order).
+pub fn config(workers: &str, rest: &str) -> String {
+    let lease = if workers.contains("lease") {
+        ""
+    } else {
+        "lease = \"3s\"\n"
+    };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
          [store]\nurl = \"sqlite://inlet.db\"\nbusy_timeout = \"500ms\"\n\
-         [workers]\nlease = \"3s\"\n\
-         {extra}\n\
-         [[sources]]\nname = \"sms\"\nprovider = \"sms-gateway\"\n"
+         [workers]\n{lease}{workers}\n{rest}\n"
+    )
+}
+
+/// A config with one unsigned `sms` source, the store in `dir`, and `extra`
+/// TOML appended (more sections or `[[sources]]`).
+pub fn config_with(extra: &str) -> String {
+    config(
+        "",
+        &format!("{extra}\n[[sources]]\nname = \"sms\"\nprovider = \"sms-gateway\"\n"),
     )
 }
 
@@ -133,6 +145,41 @@ impl TestApp {
             .expect("health json")
     }
 
+    /// The status of `GET /ready`.
+    pub async fn ready_status(&self) -> u16 {
+        self.client
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status()
+            .as_u16()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of the first `/metrics` sample whose line starts with
+    /// `series` (a name, or a name and the start of its labels) and
+    /// contains `label`; `None` when there is none.
+    pub async fn metric(&self, series: &str, label: &str) -> Option<f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .find(|l| l.starts_with(series) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Waits (bounded) until no job is pending or in flight.
     pub async fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -210,8 +257,13 @@ fn uuid_like() -> String {
 
 /// One sms-gateway message as the app sends it.
 pub fn sms(guid: &str, text: &str) -> Value {
+    sms_from(guid, "+15551234567", text)
+}
+
+/// [`sms`] from another number.
+pub fn sms_from(guid: &str, number: &str, text: &str) -> Value {
     json!({"date": "2026-11-25", "hour": "10:00", "time_received": "1764064800",
-           "message": text, "number": "+15551234567", "guid": guid})
+           "message": text, "number": number, "guid": guid})
 }
 
 pub fn batch(items: &[Value]) -> String {

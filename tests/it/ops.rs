@@ -13,15 +13,7 @@ async fn health_has_the_documented_shape() {
     assert_eq!(h["workers"], 16);
     assert!(h["breakers"].is_object());
     assert!(h["uptime_s"].is_u64());
-    assert_eq!(
-        app.client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.ready_status().await, 200);
 }
 
 #[tokio::test]
@@ -31,15 +23,7 @@ async fn metrics_expose_the_documented_series() {
     app.post_json("sms", &sms("m1", "hi").to_string()).await;
     app.post_json("nope", "{}").await;
     app.wait_idle().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for needle in [
         r#"inlet_ingest_requests_total{source="sms",status="200"} 2"#,
         r#"inlet_ingest_requests_total{source="unknown",status="404"} 1"#,

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, sms};
+use crate::helpers::{TestApp, config, sms, sms_from};
 
 // ---------------------------------------------------------------------------
 // A recording stand-in for destinations and provider send APIs.
@@ -154,21 +154,6 @@ where
 // ---------------------------------------------------------------------------
 // Config and app helpers.
 
-/// A full config: `[workers]` gets `workers` (a 3 s lease unless given),
-/// then `rest` (sources with their actions, in order).
-fn config(workers: &str, rest: &str) -> String {
-    let lease = if workers.contains("lease") {
-        ""
-    } else {
-        "lease = \"3s\"\n"
-    };
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
-         [store]\nurl = \"sqlite://inlet.db\"\nbusy_timeout = \"500ms\"\n\
-         [workers]\n{lease}{workers}\n{rest}\n"
-    )
-}
-
 fn forward_source(name: &str, actions: &[(&str, &str)]) -> String {
     let mut s = format!("[[sources]]\nname = \"{name}\"\nprovider = \"sms-gateway\"\n");
     for (action, url) in actions {
@@ -179,22 +164,37 @@ fn forward_source(name: &str, actions: &[(&str, &str)]) -> String {
     s
 }
 
-fn sms_from(guid: &str, number: &str, text: &str) -> String {
-    json!({"date": "2026-11-25", "hour": "10:00", "time_received": "1764064800",
-           "message": text, "number": number, "guid": guid})
-    .to_string()
-}
-
 async fn post_ok(app: &TestApp, source: &str, body: &str) {
     let (status, resp) = app.post_json(source, body).await;
     assert_eq!(status, 200, "{resp}");
 }
 
+/// The admin detail (with attempts) of a listed message.
+async fn detail_of(app: &TestApp, message: &Value) -> Value {
+    let id = message["id"].as_str().unwrap();
+    app.admin(&format!("/v1/messages/{id}")).await
+}
+
 async fn only_message(app: &TestApp) -> Value {
     let msgs = app.all_messages().await;
     assert_eq!(msgs.len(), 1, "{msgs:?}");
-    let id = msgs[0]["id"].as_str().unwrap().to_string();
-    app.admin(&format!("/v1/messages/{id}")).await
+    detail_of(app, &msgs[0]).await
+}
+
+/// The one dead letter `path` lists.
+async fn only_dead_letter(app: &TestApp, path: &str) -> Value {
+    let dead = app.admin(path).await;
+    let items = dead["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{dead}");
+    items[0].clone()
+}
+
+/// The outcomes of `action`'s attempts, in order.
+fn outcomes_of(detail: &Value, action: &str) -> Vec<String> {
+    attempts_of(detail, action)
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn attempts_of(detail: &Value, action: &str) -> Vec<Value> {
@@ -310,7 +310,7 @@ async fn failing_destination_is_retried_with_backoff_and_delivered_once() {
     let detail = only_message(&app).await;
     assert_eq!(detail["status"], "done");
     let fwd = attempts_of(&detail, "forward");
-    let outcomes: Vec<&str> = fwd.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    let outcomes = outcomes_of(&detail, "forward");
     assert_eq!(outcomes, ["retry", "retry", "retry", "success"], "{detail}");
     assert_eq!(fwd[0]["status_code"], 503);
     assert_eq!(fwd[3]["status_code"], 200);
@@ -335,16 +335,11 @@ async fn a_400_from_the_destination_goes_to_dead_letters_without_retry() {
     assert_eq!(fwd[0]["outcome"], "dead");
     assert_eq!(fwd[0]["status_code"], 400);
 
-    let dead = app.admin("/v1/dead-letters").await;
-    let items = dead["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{dead}");
-    assert_eq!(items[0]["action"], "app");
-    assert_eq!(items[0]["source"], "sms");
-    assert_eq!(items[0]["message_id"], detail["id"]);
-    assert!(
-        items[0]["error"].as_str().unwrap().contains("400"),
-        "{dead}"
-    );
+    let dead = only_dead_letter(&app, "/v1/dead-letters").await;
+    assert_eq!(dead["action"], "app");
+    assert_eq!(dead["source"], "sms");
+    assert_eq!(dead["message_id"], detail["id"]);
+    assert!(dead["error"].as_str().unwrap().contains("400"), "{dead}");
 }
 
 #[tokio::test]
@@ -361,16 +356,11 @@ async fn exhausting_max_attempts_goes_to_dead_letters() {
     assert_eq!(dest.count(), 3);
     let detail = only_message(&app).await;
     assert_eq!(detail["status"], "dead");
-    let outcomes: Vec<String> = attempts_of(&detail, "forward")
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap().to_string())
-        .collect();
+    let outcomes = outcomes_of(&detail, "forward");
     assert_eq!(outcomes, ["retry", "retry", "dead"]);
-    let dead = app.admin("/v1/dead-letters?source=sms").await;
-    let items = dead["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{dead}");
+    let dead = only_dead_letter(&app, "/v1/dead-letters?source=sms").await;
     assert!(
-        items[0]["error"].as_str().unwrap().contains("3 attempts"),
+        dead["error"].as_str().unwrap().contains("3 attempts"),
         "{dead}"
     );
 }
@@ -413,15 +403,7 @@ async fn a_down_destination_opens_its_breaker_while_others_keep_flowing() {
         (breaker_state(&app, &f).await.as_deref() == Some("open")).then_some(())
     })
     .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -459,7 +441,7 @@ async fn a_down_destination_opens_its_breaker_while_others_keep_flowing() {
     .await;
     app.wait_idle().await;
     assert_eq!(
-        metrics_value(&app, &f).await,
+        app.metric("inlet_breaker_state{", &f).await,
         Some(0.0),
         "gauge back to closed"
     );
@@ -468,22 +450,6 @@ async fn a_down_destination_opens_its_breaker_while_others_keep_flowing() {
     for m in msgs {
         assert_eq!(m["status"], "done", "every message reached both: {m}");
     }
-}
-
-async fn metrics_value(app: &TestApp, destination: &str) -> Option<f64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("inlet_breaker_state{") && l.contains(destination))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -519,9 +485,7 @@ async fn a_destination_that_never_answers_is_cut_at_its_timeout() {
         .into_iter()
         .find(|m| m["source"] == "slow")
         .unwrap();
-    let detail = app
-        .admin(&format!("/v1/messages/{}", slow["id"].as_str().unwrap()))
-        .await;
+    let detail = detail_of(&app, &slow).await;
     let fwd = attempts_of(&detail, "forward");
     assert_eq!(fwd.len(), 1, "{detail}");
     assert_eq!(fwd[0]["outcome"], "dead");
@@ -640,9 +604,7 @@ async fn auto_replies_go_through_each_providers_send_api() {
 
     for m in app.all_messages().await {
         assert_eq!(m["status"], "done", "{m}");
-        let detail = app
-            .admin(&format!("/v1/messages/{}", m["id"].as_str().unwrap()))
-            .await;
+        let detail = detail_of(&app, &m).await;
         let reply = attempts_of(&detail, "reply");
         assert_eq!(reply.len(), 1, "{detail}");
         assert_eq!(reply[0]["outcome"], "success");
@@ -676,7 +638,12 @@ async fn opt_out_stops_auto_replies_until_opt_in_and_yes_does_not_lift_it() {
         (me, "Hello there"),
     ];
     for (i, (from, text)) in script.iter().enumerate() {
-        post_ok(&app, "sms", &sms_from(&format!("opt-{i}"), from, text)).await;
+        post_ok(
+            &app,
+            "sms",
+            &sms_from(&format!("opt-{i}"), from, text).to_string(),
+        )
+        .await;
     }
     app.wait_idle().await;
 
@@ -708,9 +675,7 @@ async fn opt_out_stops_auto_replies_until_opt_in_and_yes_does_not_lift_it() {
     // The skipped ones say why.
     let mut skipped = Vec::new();
     for m in app.all_messages().await {
-        let detail = app
-            .admin(&format!("/v1/messages/{}", m["id"].as_str().unwrap()))
-            .await;
+        let detail = detail_of(&app, &m).await;
         for a in attempts_of(&detail, "reply") {
             if a["outcome"] == "skipped" {
                 skipped.push((m["text"].as_str().unwrap().to_string(), a["error"].clone()));
@@ -745,10 +710,7 @@ async fn a_reply_refused_by_the_provider_is_retried_and_sent_once() {
     assert_eq!(api.count(), 2);
     let detail = only_message(&app).await;
     assert_eq!(detail["status"], "done");
-    let outcomes: Vec<String> = attempts_of(&detail, "reply")
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap().to_string())
-        .collect();
+    let outcomes = outcomes_of(&detail, "reply");
     assert_eq!(outcomes, ["retry", "success"]);
     let keys: Vec<String> = api
         .hits()

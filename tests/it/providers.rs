@@ -277,15 +277,7 @@ async fn twilio_signed_webhook_gets_twiml_and_its_retry_is_a_duplicate_and_statu
         1,
         "the retry was a duplicate and the status callback an event"
     );
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"inlet_messages_total{source="tw",result="duplicate"} 1"#),
         "{text}"

@@ -23,7 +23,6 @@ use crate::domain::{EventId, InboundEvent};
 /// Ops per transaction at most; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
 
-
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Op {
