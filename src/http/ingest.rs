@@ -141,13 +141,13 @@ async fn accept(
         Err(e) => return Err(fail(e)),
     };
     let now = now_millis();
-    let batch = IngestBatch {
-        source: source.config.name.clone(),
-        messages: parsed.messages,
-        events: parsed.events,
-        dedup_cutoff: now - st.dedup_window.as_millis() as i64,
+    let batch = IngestBatch::new(
+        source.config.name.clone(),
+        parsed.messages,
+        parsed.events,
+        now - st.dedup_window.as_millis() as i64,
         now,
-    };
+    );
     let outcome = st
         .store
         .ingest(batch)

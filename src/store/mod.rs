@@ -39,10 +39,43 @@ pub const CLASSIFY: &str = "classify";
 pub struct IngestBatch {
     pub source: String,
     pub messages: Vec<InboundMessage>,
+    /// Each message serialized, in the same order: done by the caller, on
+    /// the many request threads, rather than on the single writer.
+    pub docs: Vec<String>,
     pub events: Vec<InboundEvent>,
     /// When a key was first seen before this, it is forgotten and accepted again.
     pub dedup_cutoff: Millis,
     pub now: Millis,
+}
+
+impl IngestBatch {
+    pub fn new(
+        source: String,
+        messages: Vec<InboundMessage>,
+        events: Vec<InboundEvent>,
+        dedup_cutoff: Millis,
+        now: Millis,
+    ) -> Self {
+        let docs = messages
+            .iter()
+            .map(|m| serde_json::to_string(m).expect("a message always serializes"))
+            .collect();
+        Self {
+            source,
+            messages,
+            docs,
+            events,
+            dedup_cutoff,
+            now,
+        }
+    }
+}
+
+/// The smallest message id minted at or after `millis`: ids are `msg_` and
+/// a UUIDv7 whose first 12 hex digits are its Unix milliseconds, so time
+/// ranges are id ranges and need no index of their own.
+pub fn message_id_floor(millis: Millis) -> String {
+    format!("msg_{:012x}", millis.max(0))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

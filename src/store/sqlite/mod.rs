@@ -350,3 +350,100 @@ impl Store for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, InboundMessage, MessageId};
+
+    fn message(guid: &str) -> InboundMessage {
+        InboundMessage {
+            id: MessageId::generate(),
+            source: "sms".into(),
+            provider: "sms-gateway",
+            external_id: guid.into(),
+            dedup_key: guid.into(),
+            channel: Channel::Sms,
+            from: None,
+            to: None,
+            text: Some("hi".into()),
+            media: Vec::new(),
+            received_at: crate::domain::now_rfc3339(),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    async fn ingest(store: &SqliteStore, guid: &str) -> IngestOutcome {
+        let now = now_millis();
+        let batch = IngestBatch::new(
+            "sms".into(),
+            vec![message(guid)],
+            Vec::new(),
+            now - 3_600_000,
+            now,
+        );
+        store.ingest(batch).await.unwrap()
+    }
+
+    #[test]
+    fn message_id_floor_orders_like_the_ids_minted_then() {
+        let before = super::super::message_id_floor(now_millis() - 1);
+        let id = MessageId::generate();
+        let after = super::super::message_id_floor(now_millis() + 1);
+        assert!(
+            before.as_str() <= id.as_str() && id.as_str() < after.as_str(),
+            "{before} {id} {after}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_drops_what_is_past_retention_and_forgets_expired_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
+        assert_eq!(ingest(&store, "g1").await.accepted, 1);
+        let hour_ago = now_millis() - 3_600_000;
+        store.prune(hour_ago, hour_ago).await.unwrap();
+        assert_eq!(
+            store
+                .list_messages(ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert_eq!(
+            ingest(&store, "g1").await.duplicates,
+            1,
+            "the key is still in its window"
+        );
+
+        let later = now_millis() + 1_000;
+        store.prune(later, later).await.unwrap();
+        assert!(
+            store
+                .list_messages(ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert_eq!(
+            store.gauges().snapshot().pending,
+            0,
+            "its jobs went with it"
+        );
+        assert_eq!(
+            ingest(&store, "g1").await.accepted,
+            1,
+            "an expired key is accepted again"
+        );
+    }
+}

@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, id);
-CREATE INDEX IF NOT EXISTS messages_by_received ON messages (received_at);
+-- No index on received_at: ids are time-ordered, retention prunes by id.
+DROP INDEX IF EXISTS messages_by_received;
 
 -- One row per (source, provider key); `seen_at` is when it was first seen.
 CREATE TABLE IF NOT EXISTS dedup (

@@ -361,14 +361,13 @@ fn ingest(c: &Connection, b: &IngestBatch) -> Result<IngestOutcome, rusqlite::Er
         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )?;
-    for m in &b.messages {
+    for (i, m) in b.messages.iter().enumerate() {
         let id = m.id.as_str();
         if dedup.execute(params![b.source, m.dedup_key, id, b.now, b.dedup_cutoff])? == 0 {
             out.duplicates += 1;
             continue;
         }
-        let doc = serde_json::to_string(m)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let doc = &b.docs[i];
         msg.execute(params![
             id,
             b.source,
@@ -601,18 +600,16 @@ fn prune(
         "DELETE FROM dedup WHERE seen_at < ?1",
         params![dedup_cutoff],
     )?;
+    // Ids are time-ordered (see `message_id_floor`), so the primary key and
+    // the message_id indexes serve these ranges.
+    let floor = super::super::message_id_floor(retention_cutoff);
+    c.execute("DELETE FROM attempts WHERE message_id < ?1", params![floor])?;
+    c.execute("DELETE FROM jobs WHERE message_id < ?1", params![floor])?;
     c.execute(
-        "DELETE FROM attempts WHERE message_id IN (SELECT id FROM messages WHERE received_at < ?1)",
-        params![retention_cutoff],
+        "DELETE FROM reply_sends WHERE message_id < ?1",
+        params![floor],
     )?;
-    c.execute(
-        "DELETE FROM jobs WHERE message_id IN (SELECT id FROM messages WHERE received_at < ?1)",
-        params![retention_cutoff],
-    )?;
-    c.execute(
-        "DELETE FROM messages WHERE received_at < ?1",
-        params![retention_cutoff],
-    )?;
+    c.execute("DELETE FROM messages WHERE id < ?1", params![floor])?;
     c.execute(
         "DELETE FROM events WHERE at < ?1",
         params![retention_cutoff],
