@@ -793,3 +793,84 @@ async fn a_retry_storm_of_one_provider_message_forwards_and_replies_once() {
     assert_eq!(dest.count(), 1, "one forward");
     assert_eq!(api.count(), 1, "one reply");
 }
+
+// ---------------------------------------------------------------------------
+// Replay.
+
+async fn admin_post(app: &TestApp, path: &str, body: Option<Value>) -> Value {
+    let mut req = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "POST {path}");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn dead_letters_replay_delivers_once_the_destination_is_fixed_and_message_replay_reruns_actions()
+ {
+    // Refuses the first delivery (a 4xx: dead at once), accepts the rest.
+    let dest = Fake::start(|n, _| Reply::Status(if n == 0 { 400 } else { 200 })).await;
+    let app = TestApp::spawn(&config(
+        "",
+        &forward_source("sms", &[("app", &dest.url("/in"))]),
+    ))
+    .await;
+    post_ok(&app, "sms", &sms("rp-1", "hello").to_string()).await;
+    app.wait_idle().await;
+    let dead = only_dead_letter(&app, "/v1/dead-letters?source=sms").await;
+    assert_eq!(dead["action"], "app");
+    assert_eq!(app.health().await["queue"]["dead"], 1);
+
+    let r = admin_post(
+        &app,
+        "/v1/dead-letters/replay",
+        Some(json!({"source": "sms", "action": "app"})),
+    )
+    .await;
+    assert_eq!(r, json!({"replayed": 1}));
+    let hits = dest.wait_for(2).await;
+    app.wait_idle().await;
+    let detail = only_message(&app).await;
+    assert_eq!(detail["status"], "done");
+    assert!(
+        app.admin("/v1/dead-letters").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(app.health().await["queue"]["dead"], 0);
+
+    // Nothing failed any more, so only_failed replays nothing...
+    let id = detail["id"].as_str().unwrap();
+    let r = admin_post(
+        &app,
+        &format!("/v1/messages/{id}/replay"),
+        Some(json!({"only_failed": true})),
+    )
+    .await;
+    assert_eq!(r, json!({"replayed": 0}));
+    // ...and a full replay runs classify and the forward again, without
+    // doubling the forward job: one more delivery, same webhook-id.
+    let r = admin_post(&app, &format!("/v1/messages/{id}/replay"), None).await;
+    assert_eq!(r, json!({"replayed": 2}));
+    let again = dest.wait_for(3).await;
+    app.wait_idle().await;
+    assert_eq!(dest.count(), 3);
+    assert_eq!(
+        again[2].headers["webhook-id"],
+        hits[1].headers["webhook-id"]
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/messages/msg_nope/replay"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
