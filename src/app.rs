@@ -86,6 +86,7 @@ impl App {
                 )),
                 follow_ups,
             })),
+            sources: config.sources.iter().map(|s| s.name.clone()).collect(),
             by_source: crate::pipeline::build_actions(&config, store.clone(), outbound.clone()),
         };
         let admin_token = match &config.server.admin_token {

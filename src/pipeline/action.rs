@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::Intent;
-use crate::store::{CLASSIFY, ClaimedJob};
+use crate::store::{CLASSIFY, ClaimedJob, Lane};
 
 use super::RulesClassifier;
 use super::conversations::Conversations;
@@ -57,6 +57,13 @@ pub enum ActionError {
 #[async_trait]
 pub trait Action: Send + Sync {
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError>;
+
+    /// `Some(wait)` while this action cannot run at all (its destination's
+    /// breaker is open): workers then leave its jobs untouched instead of
+    /// claiming and deferring each of them.
+    fn blocked_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A classifier consulted when the rules find nothing (the LLM). It never
@@ -133,9 +140,56 @@ fn received_millis(message: &serde_json::Value) -> crate::store::Millis {
 pub struct Actions {
     pub classify: Option<Arc<dyn Action>>,
     pub by_source: HashMap<(String, String), Arc<dyn Action>>,
+    /// Every configured source: each has a `classify` lane.
+    pub sources: Vec<String>,
 }
 
 impl Actions {
+    /// The lanes to claim from now, each allowed up to `limit` jobs, and
+    /// the soonest a held-back lane opens again. A lane whose breaker is
+    /// half-open gets one job (the trial); one that is open gets none.
+    pub fn lanes(&self, limit: usize) -> (Vec<Lane>, Option<Duration>) {
+        let mut lanes = Vec::new();
+        let mut reopen: Option<Duration> = None;
+        if self.classify.is_some() {
+            for s in &self.sources {
+                lanes.push(Lane {
+                    source: s.clone(),
+                    action: CLASSIFY.into(),
+                    limit,
+                });
+            }
+        }
+        for ((source, action), a) in &self.by_source {
+            match a.blocked_for() {
+                Some(wait) => reopen = Some(reopen.map_or(wait, |r| r.min(wait))),
+                None => lanes.push(Lane {
+                    source: source.clone(),
+                    action: action.clone(),
+                    limit,
+                }),
+            }
+        }
+        (lanes, reopen)
+    }
+
+    /// Every configured lane, held back or not.
+    pub fn all_lanes(&self) -> Vec<Lane> {
+        let classify = self
+            .sources
+            .iter()
+            .map(|s| (s.clone(), CLASSIFY.to_string()));
+        let actions = self.by_source.keys().cloned();
+        classify
+            .chain(actions)
+            .map(|(source, action)| Lane {
+                source,
+                action,
+                limit: 0,
+            })
+            .collect()
+    }
+
     pub fn get(&self, source: &str, action: &str) -> Option<Arc<dyn Action>> {
         if action == CLASSIFY {
             return self.classify.clone();

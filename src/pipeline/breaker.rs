@@ -157,7 +157,7 @@ impl Breaker {
         };
     }
 
-    fn half_open_wait(&self) -> Duration {
+    pub(crate) fn half_open_wait(&self) -> Duration {
         self.cooldown
             .min(Duration::from_secs(1))
             .max(Duration::from_millis(10))
@@ -242,6 +242,23 @@ impl Breakers {
                 (k, name)
             })
             .collect()
+    }
+
+    /// Whether a call to `destination` would go through now, without
+    /// asking for it (no trial slot is taken): `None` when it would,
+    /// `Some(wait)` while the breaker is open or its one trial is in flight.
+    /// Workers use this to leave that destination's jobs where they are.
+    pub fn blocked_for(&self, destination: &str, now: Instant) -> Option<Duration> {
+        let mut map = self.lock();
+        let breaker = map.get_mut(destination)?;
+        breaker.tick(now);
+        match breaker.state() {
+            State::Open { until } => Some(until.saturating_duration_since(now)),
+            State::HalfOpen {
+                trial_in_flight: true,
+            } => Some(breaker.half_open_wait()),
+            _ => None,
+        }
     }
 
     /// The current state of one destination, if it was ever called.

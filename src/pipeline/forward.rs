@@ -24,6 +24,10 @@ pub struct ForwardAction {
 
 #[async_trait]
 impl Action for ForwardAction {
+    fn blocked_for(&self) -> Option<std::time::Duration> {
+        self.outbound.blocked_for(&self.url)
+    }
+
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError> {
         let body = serde_json::to_vec(&job.message).map_err(|e| ActionError::Permanent {
             error: format!("cannot serialize the message: {e}"),

@@ -284,6 +284,15 @@ impl Outbound {
 }
 
 /// `scheme://host:port` with the scheme's default port filled in.
+impl Outbound {
+    /// How long calls to `url` are held back by its breaker, if they are.
+    pub fn blocked_for(&self, url: &str) -> Option<Duration> {
+        let dest = url::Url::parse(url).ok().as_ref().and_then(destination)?;
+        self.breakers()
+            .blocked_for(&dest, std::time::Instant::now())
+    }
+}
+
 pub fn destination(url: &url::Url) -> Option<String> {
     let host = url.host_str()?;
     let port = url.port_or_known_default()?;

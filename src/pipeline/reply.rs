@@ -216,6 +216,10 @@ fn store_error(e: StoreError) -> ActionError {
 
 #[async_trait]
 impl Action for ReplyAction {
+    fn blocked_for(&self) -> Option<Duration> {
+        self.outbound.blocked_for(&self.sender.url())
+    }
+
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError> {
         let m = &job.message;
         let label = m

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{AttemptRecord, ClaimedJob, JobCompletion, JobNext, Store, now_millis};
+use crate::store::{AttemptRecord, ClaimedJob, JobCompletion, JobNext, Lane, Store, now_millis};
 
 use super::{ActionError, ActionOutput, Actions, Backoff};
 
@@ -56,13 +56,24 @@ impl WorkerPool {
     pub async fn run_until_stopped(self, shutdown: CancellationToken, grace: Duration) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let work = self.store.work_signal();
+        match self.store.fail_orphans(&self.actions.all_lanes()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "Jobs of actions no longer configured are now dead letters."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Cannot check for jobs of removed actions."),
+        }
         let mut tasks = JoinSet::new();
         let mut maybe_more = true;
         let mut wake_at = Instant::now() + IDLE_RECHECK;
         while !shutdown.is_cancelled() {
             let free = slots.available_permits();
             if maybe_more && free > 0 {
-                match self.store.claim(free, self.settings.lease).await {
+                // Lanes whose destination is cut off by an open breaker are
+                // left out: their jobs wait untouched, however many there are.
+                let (lanes, reopen) = self.actions.lanes(free);
+                match self.store.claim(&lanes, free, self.settings.lease).await {
                     Ok(jobs) => {
                         maybe_more = jobs.len() == free;
                         for job in jobs {
@@ -76,7 +87,10 @@ impl WorkerPool {
                             });
                         }
                         if !maybe_more {
-                            wake_at = self.next_wake().await;
+                            wake_at = self.next_wake(&lanes).await;
+                            if let Some(reopen) = reopen {
+                                wake_at = wake_at.min(Instant::now() + reopen);
+                            }
                         }
                     }
                     Err(e) => {
@@ -113,9 +127,9 @@ impl WorkerPool {
 
     /// When to look for due work next: the earliest pending run time or
     /// lease expiry, but no later than [`IDLE_RECHECK`].
-    async fn next_wake(&self) -> Instant {
+    async fn next_wake(&self, lanes: &[Lane]) -> Instant {
         let cap = Instant::now() + IDLE_RECHECK;
-        match self.store.next_due().await {
+        match self.store.next_due(lanes).await {
             Ok(Some(at)) => {
                 let wait = Duration::from_millis((at - now_millis()).max(0) as u64);
                 (Instant::now() + wait).min(cap)
@@ -127,9 +141,10 @@ impl WorkerPool {
     /// Claims and runs one round of due jobs to completion; returns how
     /// many ran. Tests drain the queue with this instead of sleeping.
     pub async fn run_once(&self) -> Result<usize, crate::store::StoreError> {
+        let (lanes, _) = self.actions.lanes(self.settings.concurrency);
         let jobs = self
             .store
-            .claim(self.settings.concurrency, self.settings.lease)
+            .claim(&lanes, self.settings.concurrency, self.settings.lease)
             .await?;
         let n = jobs.len();
         futures::future::join_all(jobs.into_iter().map(|j| self.execute(j))).await;
@@ -164,6 +179,10 @@ impl WorkerPool {
         metrics::histogram!("inlet_stage_seconds", "stage" => "action")
             .record(elapsed.as_secs_f64());
         let completion = self.decide(&job, result, elapsed);
+        if matches!(completion.next, JobNext::Defer { .. }) {
+            metrics::counter!("inlet_job_deferrals_total", "action" => job.action.clone())
+                .increment(1);
+        }
         if let Some(a) = &completion.attempt {
             metrics::counter!("inlet_job_attempts_total", "action" => job.action.clone(), "outcome" => a.outcome.clone())
                 .increment(1);

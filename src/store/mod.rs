@@ -86,6 +86,16 @@ pub struct IngestOutcome {
     pub accepted_ids: Vec<String>,
 }
 
+/// One queue a claim may take from: the jobs of one action of one source,
+/// at most `limit` of them. Workers leave out the lanes whose destination's
+/// breaker is open, so waiting jobs are not touched at all during an outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    pub source: String,
+    pub action: String,
+    pub limit: usize,
+}
+
 /// A job handed to a worker under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -225,14 +235,24 @@ pub trait Store: Send + Sync + 'static {
     /// `classify` job per accepted message.
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError>;
     /// Lease up to `limit` due jobs.
-    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedJob>, StoreError>;
+    /// Lease up to `limit` due jobs from `lanes` (earliest first), plus jobs
+    /// of any lane whose lease ran out.
+    async fn claim(
+        &self,
+        lanes: &[Lane],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError>;
     async fn complete(&self, completion: JobCompletion) -> Result<(), StoreError>;
     async fn reject(&self, rejection: Rejection) -> Result<(), StoreError>;
     /// Drop expired dedup keys, messages past retention and old rejections.
     async fn prune(&self, dedup_cutoff: Millis, retention_cutoff: Millis)
     -> Result<(), StoreError>;
     /// When the earliest pending job is due, if any.
-    async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+    async fn next_due(&self, lanes: &[Lane]) -> Result<Option<Millis>, StoreError>;
+    /// Marks dead the unfinished jobs of actions no longer configured (not
+    /// in `lanes`), so they show up as dead letters instead of waiting forever.
+    async fn fail_orphans(&self, lanes: &[Lane]) -> Result<usize, StoreError>;
     /// Ok when the store accepts writes.
     async fn probe(&self) -> Result<(), StoreError>;
     /// In-memory queue counts, kept current by the store on every commit.

@@ -180,6 +180,18 @@ impl TestApp {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Waits (bounded) until the series with `label` reaches `value`.
+    pub async fn wait_for_metric(&self, series: &str, label: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric(series, label).await.unwrap_or(0.0) < value {
+            assert!(
+                Instant::now() < deadline,
+                "{series}{label} never reached {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (bounded) until no job is pending or in flight.
     pub async fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

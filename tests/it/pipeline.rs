@@ -874,3 +874,50 @@ async fn dead_letters_replay_delivers_once_the_destination_is_fixed_and_message_
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn jobs_waiting_on_an_open_breaker_are_left_untouched() {
+    let down = Fake::always(503).await;
+    let log = Fake::always(200).await;
+    let app = TestApp::spawn(&config(
+        "breaker_failures = 1\nbreaker_cooldown = \"30s\"\nmax_attempts = 100\n\
+         backoff_base = \"10ms\"\nbackoff_max = \"20ms\"\n",
+        &forward_source(
+            "sms",
+            &[("app", &down.url("/in")), ("log", &log.url("/in"))],
+        ),
+    ))
+    .await;
+    // The first message opens the breaker of `app`...
+    post_ok(&app, "sms", &sms("first", "hello").to_string()).await;
+    eventually("the breaker to open", || async {
+        (breaker_state(&app, &down.destination()).await.as_deref() == Some("open")).then_some(())
+    })
+    .await;
+    // ...then 200 more and a last one. Claims take the earliest due jobs
+    // first across lanes, so once `log` has the last message, every `app`
+    // job before it would have been claimed too, had its lane been open.
+    let items: Vec<_> = (0..200).map(|i| sms(&format!("w-{i}"), "hello")).collect();
+    post_ok(&app, "sms", &crate::helpers::batch(&items)).await;
+    post_ok(&app, "sms", &sms("last", "hello").to_string()).await;
+    log.wait_for(202).await;
+    app.wait_for_metric(
+        "inlet_job_attempts_total{",
+        "action=\"log\",outcome=\"success\"",
+        202.0,
+    )
+    .await;
+
+    // Waiting jobs were left alone: not claimed, deferred and rewritten one
+    // by one (a write each, per cooldown, for the whole outage).
+    let deferred = app
+        .metric("inlet_job_deferrals_total{", "\"app\"")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        deferred <= 1.0,
+        "{deferred} jobs were claimed only to be deferred"
+    );
+    assert_eq!(down.count(), 1, "no call while open");
+    assert_eq!(app.health().await["queue"]["pending"], 202);
+}

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, ListQuery, Millis, OptState, Page,
+    ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, Lane, ListQuery, Millis, OptState, Page,
     QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
 };
 use writer::{Op, Writer, map_err};
@@ -186,16 +186,30 @@ impl Store for SqliteStore {
         self.call(|tx| Op::Ingest(batch, tx)).await
     }
 
-    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(
+        &self,
+        lanes: &[Lane],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
         let lease_ms = lease.as_millis() as i64;
         let now = now_millis();
+        let lanes = lanes.to_vec();
         self.call(|reply| Op::Claim {
+            lanes,
             limit,
             lease_ms,
             now,
             reply,
         })
         .await
+    }
+
+    async fn fail_orphans(&self, lanes: &[Lane]) -> Result<usize, StoreError> {
+        let lanes = lanes.to_vec();
+        let now = now_millis();
+        self.call(|reply| Op::FailOrphans { lanes, now, reply })
+            .await
     }
 
     async fn complete(&self, completion: JobCompletion) -> Result<(), StoreError> {
@@ -222,8 +236,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.read(queries::next_due).await
+    async fn next_due(&self, lanes: &[Lane]) -> Result<Option<Millis>, StoreError> {
+        let lanes = lanes.to_vec();
+        self.read(move |c| queries::next_due(c, &lanes)).await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
-use super::super::{ListQuery, OptState, Page};
+use super::super::{Lane, ListQuery, OptState, Page};
 
 /// The normalized message with what processing added since ingest.
 pub fn message_doc(doc: String, intent: Option<String>, conversation: Option<String>) -> Value {
@@ -179,14 +179,22 @@ pub fn list_dead_letters(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page
     Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
 }
 
-pub fn next_due(c: &Connection) -> rusqlite::Result<Option<i64>> {
-    c.query_row(
-        "SELECT MIN(t) FROM (
-           SELECT MIN(run_at) AS t FROM jobs WHERE status = 'pending'
-           UNION ALL SELECT MIN(lease_until) FROM jobs WHERE status = 'running')",
-        [],
-        |r| r.get(0),
-    )
+/// The earliest pending run time in `lanes`, or lease expiry in any lane.
+pub fn next_due(c: &Connection, lanes: &[Lane]) -> rusqlite::Result<Option<i64>> {
+    let mut due: Option<i64> = c
+        .prepare_cached("SELECT MIN(lease_until) FROM jobs WHERE status = 'running'")?
+        .query_row([], |r| r.get(0))?;
+    let mut lane_min = c.prepare_cached(
+        "SELECT MIN(run_at) FROM jobs WHERE status = 'pending' AND source = ?1 AND action = ?2",
+    )?;
+    for lane in lanes {
+        let t: Option<i64> = lane_min.query_row(params![lane.source, lane.action], |r| r.get(0))?;
+        due = match (due, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(due)
 }
 
 pub fn rfc3339(ms: i64) -> String {

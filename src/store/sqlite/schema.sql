@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error  TEXT,
     updated_at  INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, run_at);
+-- Claims go lane by lane (source, action), earliest first.
+DROP INDEX IF EXISTS jobs_due;
+CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (status, source, action, run_at);
 CREATE INDEX IF NOT EXISTS jobs_by_message ON jobs (message_id);
 
 CREATE TABLE IF NOT EXISTS attempts (

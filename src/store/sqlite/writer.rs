@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::super::{
-    AttemptRecord, CLASSIFY, ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, JobNext,
+    AttemptRecord, CLASSIFY, ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, JobNext, Lane,
     Millis, QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use crate::domain::{EventId, InboundEvent};
@@ -28,6 +28,7 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub enum Op {
     Ingest(IngestBatch, Reply<IngestOutcome>),
     Claim {
+        lanes: Vec<Lane>,
         limit: usize,
         lease_ms: i64,
         now: Millis,
@@ -50,6 +51,11 @@ pub enum Op {
         reply: Reply<usize>,
     },
     Probe(Reply<()>),
+    FailOrphans {
+        lanes: Vec<Lane>,
+        now: Millis,
+        reply: Reply<usize>,
+    },
     BeginReply {
         message_id: String,
         action: String,
@@ -224,12 +230,13 @@ impl Writer {
                 Done::Ingest(tx, r)
             }
             Op::Claim {
+                lanes,
                 limit,
                 lease_ms,
                 now,
                 reply,
             } => {
-                let r = guarded(&mut self.conn, |c| claim(c, limit, lease_ms, now));
+                let r = guarded(&mut self.conn, |c| claim(c, &lanes, limit, lease_ms, now));
                 if let Ok((jobs, from_pending)) = &r {
                     delta.pending -= *from_pending as i64;
                     delta.in_flight += *from_pending as i64;
@@ -300,6 +307,11 @@ impl Writer {
                 Done::Count(reply, r.map(|(n, _)| n))
             }
             Op::Probe(tx) => Done::Unit(tx, Ok(())),
+            Op::FailOrphans { lanes, now, reply } => {
+                let r = guarded(&mut self.conn, |c| fail_orphans(c, &lanes, now));
+                *recount |= r.is_ok();
+                Done::Count(reply, r)
+            }
             Op::BeginReply {
                 message_id,
                 action,
@@ -338,6 +350,7 @@ fn fail_op(op: Op, e: &StoreError) {
         Op::Prune { reply, .. } => drop(reply.send(Err(err()))),
         Op::Replay { reply, .. } => drop(reply.send(Err(err()))),
         Op::Probe(tx) => drop(tx.send(Err(err()))),
+        Op::FailOrphans { reply, .. } => drop(reply.send(Err(err()))),
         Op::BeginReply { reply, .. } => drop(reply.send(Err(err()))),
         Op::FinishReply { reply, .. } => drop(reply.send(Err(err()))),
     }
@@ -411,26 +424,40 @@ fn insert_event(
 /// came from `pending` (for the gauges).
 fn claim(
     c: &Connection,
+    lanes: &[Lane],
     limit: usize,
     lease_ms: i64,
     now: Millis,
 ) -> Result<(Vec<ClaimedJob>, usize), rusqlite::Error> {
-    // Two index-friendly queries rather than one with OR: an OR across the
-    // two statuses makes SQLite scan every job ever run.
+    // Index-friendly queries only (an OR across statuses, or a lane filter
+    // that is not an index prefix, makes SQLite scan every job ever run):
+    // expired leases first, then each lane on `jobs_lane`, earliest first.
     let mut expired = c.prepare_cached(
-        "SELECT id, status FROM jobs WHERE status = 'running' AND lease_until <= ?1 LIMIT ?2",
+        "SELECT id, status, run_at FROM jobs WHERE status = 'running' AND lease_until <= ?1 LIMIT ?2",
     )?;
-    let mut picked: Vec<(i64, String)> = expired
-        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let mut picked: Vec<(i64, String, i64)> = expired
+        .query_map(params![now, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut due = c.prepare_cached(
-        "SELECT id, status FROM jobs WHERE status = 'pending' AND run_at <= ?1 ORDER BY run_at LIMIT ?2",
+        "SELECT id, status, run_at FROM jobs
+         WHERE status = 'pending' AND source = ?1 AND action = ?2 AND run_at <= ?3
+         ORDER BY run_at LIMIT ?4",
     )?;
-    let room = limit.saturating_sub(picked.len()) as i64;
-    picked.extend(
-        due.query_map(params![now, room], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?,
-    );
+    let room = limit.saturating_sub(picked.len());
+    let mut candidates = Vec::new();
+    for lane in lanes.iter().filter(|l| l.limit > 0) {
+        let n = lane.limit.min(room) as i64;
+        candidates.extend(
+            due.query_map(params![lane.source, lane.action, now, n], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<(i64, String, i64)>, _>>()?,
+        );
+    }
+    candidates.sort_by_key(|(id, _, run_at)| (*run_at, *id));
+    picked.extend(candidates.into_iter().take(room));
     let mut lease = c.prepare_cached(
         "UPDATE jobs SET status = 'running', lease_until = ?2, updated_at = ?3 WHERE id = ?1
          RETURNING message_id, source, action, attempts",
@@ -439,7 +466,7 @@ fn claim(
         c.prepare_cached("SELECT doc, intent, conversation_id FROM messages WHERE id = ?1")?;
     let mut jobs = Vec::with_capacity(picked.len());
     let mut from_pending = 0;
-    for (id, status) in picked {
+    for (id, status, _) in picked {
         if status == "pending" {
             from_pending += 1;
         }
@@ -710,4 +737,21 @@ fn finish_reply(
     c.prepare_cached("UPDATE reply_sends SET state = ?3, detail = ?4, updated_at = ?5 WHERE message_id = ?1 AND action = ?2")?
         .execute(params![message_id, action, state, detail, now])?;
     Ok(())
+}
+
+/// Jobs of actions that are no longer configured would never be claimed
+/// (claims go by lane): make them dead letters, with the reason.
+fn fail_orphans(c: &Connection, lanes: &[Lane], now: Millis) -> Result<usize, rusqlite::Error> {
+    let known: Vec<String> = lanes
+        .iter()
+        .map(|l| format!("{}\u{1f}{}", l.source, l.action))
+        .collect();
+    let known = serde_json::to_string(&known).unwrap_or_else(|_| "[]".into());
+    c.execute(
+        "UPDATE jobs SET status = 'dead', lease_until = NULL, updated_at = ?2,
+             last_error = 'action ' || action || ' is not configured for source ' || source
+         WHERE status IN ('pending', 'running')
+           AND (source || char(31) || action) NOT IN (SELECT value FROM json_each(?1))",
+        params![known, now],
+    )
 }
