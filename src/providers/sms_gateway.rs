@@ -29,18 +29,19 @@ impl SmsGateway {
 }
 
 /// One message on the wire. Unknown fields are allowed (apps add some) and
-/// kept in `raw`.
+/// kept in `raw`. The app's own timestamps are only type-checked here (a
+/// wrong type is a 400 naming the field); they stay in `raw`.
 #[derive(Debug, Deserialize)]
 struct WireMessage {
     guid: String,
     number: String,
     message: Option<String>,
-    #[allow(dead_code)]
-    date: Option<String>,
-    #[allow(dead_code)]
-    hour: Option<String>,
-    #[allow(dead_code)]
-    time_received: Option<String>,
+    #[serde(rename = "date")]
+    _date: Option<String>,
+    #[serde(rename = "hour")]
+    _hour: Option<String>,
+    #[serde(rename = "time_received")]
+    _time_received: Option<String>,
 }
 
 impl Provider for SmsGateway {
@@ -132,29 +133,6 @@ impl Provider for SmsGateway {
             messages,
             events: Vec::new(),
         })
-    }
-}
-
-/// Stands in for a provider whose adapter is not built yet: every request
-/// is refused with a clear error rather than half-parsed.
-#[derive(Debug)]
-pub struct Unsupported(pub ProviderKind);
-
-impl Provider for Unsupported {
-    fn kind(&self) -> ProviderKind {
-        self.0
-    }
-    fn is_signed(&self) -> bool {
-        false
-    }
-    fn verify<'a>(&self, _req: WebhookRequest<'a>) -> Result<Verified<'a>, ProviderError> {
-        Err(ProviderError::InvalidSignature(format!(
-            "provider {} is not supported by this build",
-            self.0.as_str()
-        )))
-    }
-    fn parse(&self, _req: Verified<'_>, _ctx: ParseContext<'_>) -> Result<Parsed, ProviderError> {
-        Err(ProviderError::InvalidPayload("unsupported provider".into()))
     }
 }
 
