@@ -921,3 +921,27 @@ async fn jobs_waiting_on_an_open_breaker_are_left_untouched() {
     assert_eq!(down.count(), 1, "no call while open");
     assert_eq!(app.health().await["queue"]["pending"], 202);
 }
+
+// Multi-threaded: `terminate` blocks its thread while the fake destination,
+// on this same runtime, must still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_job_finish_and_it_is_not_run_again() {
+    let dest = Fake::start(|_, _| Reply::Slow(Duration::from_millis(800), 200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config("", &forward_source("sms", &[("app", &dest.url("/in"))]));
+    let mut app = TestApp::spawn_in(dir.path(), &cfg).await;
+    post_ok(&app, "sms", &sms("term-1", "hello").to_string()).await;
+    // The forward is in flight when the signal comes.
+    dest.wait_for(1).await;
+    let status = app.terminate();
+    assert!(status.success(), "exit status {status:?}: {}", app.stderr());
+
+    // After a restart the job is done, with one attempt: it was finished
+    // and recorded before exit, not cut off and run again.
+    let app = TestApp::spawn_in(dir.path(), &cfg).await;
+    app.wait_idle().await;
+    let detail = only_message(&app).await;
+    assert_eq!(detail["status"], "done");
+    assert_eq!(outcomes_of(&detail, "app"), ["success"], "{detail}");
+    assert_eq!(dest.count(), 1);
+}
