@@ -113,6 +113,7 @@ impl App {
             admin_token,
             started: Instant::now(),
             workers: config.workers.concurrency,
+            ack_seconds: metrics::histogram!("inlet_ack_seconds"),
             metrics,
             outbound: outbound.clone(),
         });
@@ -142,18 +143,6 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.state.store.clone()
-    }
-
-    pub fn workers(&self) -> WorkerPool {
-        self.pool.clone()
     }
 
     /// Serves until `shutdown` is cancelled: stops accepting, finishes

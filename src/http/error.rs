@@ -85,7 +85,6 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::NotFound => Self::not_found("resource"),
-            StoreError::Invalid(m) => Self::bad_request(m),
             StoreError::Internal(cause) => {
                 tracing::error!(error = %cause, "Internal store error.");
                 Self::new(

@@ -55,7 +55,7 @@ pub async fn receive(
     };
     let response = match result {
         Ok(resp) => {
-            metrics::histogram!("inlet_ack_seconds").record(started.elapsed().as_secs_f64());
+            st.ack_seconds.record(started.elapsed().as_secs_f64());
             resp
         }
         Err((err, body)) => {
@@ -113,13 +113,14 @@ async fn accept(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
+    let now = now_millis();
     let req = WebhookRequest {
         method,
         path_and_query,
         headers,
         body: &body,
         public_url: &st.public_url,
-        now: now_millis() / 1000,
+        now: now / 1000,
     };
     let provider = &source.provider;
     let fail = |e: ProviderError| (ApiError::from(e), body.clone());
@@ -140,7 +141,6 @@ async fn accept(
         }
         Err(e) => return Err(fail(e)),
     };
-    let now = now_millis();
     let batch = IngestBatch::new(
         source.config.name.clone(),
         parsed.messages,

@@ -79,6 +79,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Outbound calls; `/health` shows its breakers.
     pub outbound: Arc<crate::pipeline::Outbound>,
+    /// `inlet_ack_seconds`, registered once rather than looked up per ACK.
+    pub ack_seconds: metrics::Histogram,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

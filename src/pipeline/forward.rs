@@ -16,6 +16,8 @@ use super::{Action, ActionError, ActionOutput};
 
 pub struct ForwardAction {
     pub url: String,
+    /// `scheme://host:port` of `url`, worked out once for breaker checks.
+    pub destination: Option<String>,
     /// Signs deliveries when set.
     pub key: Option<SigningKey>,
     pub options: SendOptions,
@@ -25,7 +27,7 @@ pub struct ForwardAction {
 #[async_trait]
 impl Action for ForwardAction {
     fn blocked_for(&self) -> Option<std::time::Duration> {
-        self.outbound.blocked_for(&self.url)
+        self.outbound.blocked_for(self.destination.as_deref()?)
     }
 
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError> {

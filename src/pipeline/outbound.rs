@@ -283,16 +283,21 @@ impl Outbound {
     }
 }
 
-/// `scheme://host:port` with the scheme's default port filled in.
 impl Outbound {
-    /// How long calls to `url` are held back by its breaker, if they are.
-    pub fn blocked_for(&self, url: &str) -> Option<Duration> {
-        let dest = url::Url::parse(url).ok().as_ref().and_then(destination)?;
+    /// How long calls to `destination` (see [`destination_of`]) are held
+    /// back by its breaker, if they are.
+    pub fn blocked_for(&self, destination: &str) -> Option<Duration> {
         self.breakers()
-            .blocked_for(&dest, std::time::Instant::now())
+            .blocked_for(destination, std::time::Instant::now())
     }
 }
 
+/// [`destination`] of a URL string; `None` when it does not parse.
+pub fn destination_of(url: &str) -> Option<String> {
+    url::Url::parse(url).ok().as_ref().and_then(destination)
+}
+
+/// `scheme://host:port` with the scheme's default port filled in.
 pub fn destination(url: &url::Url) -> Option<String> {
     let host = url.host_str()?;
     let port = url.port_or_known_default()?;

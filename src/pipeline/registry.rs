@@ -11,6 +11,7 @@ use crate::providers::standard_webhooks::SigningKey;
 use crate::store::{ClaimedJob, Store};
 
 use super::forward::ForwardAction;
+use super::outbound::destination_of;
 use super::outbound::{DEFAULT_TIMEOUT, Outbound, SendOptions};
 use super::reply::{ReplyAction, Sender};
 use super::{Action, ActionError, ActionOutput};
@@ -54,30 +55,38 @@ fn build_one(
 ) -> Result<Arc<dyn Action>, String> {
     let options = send_options(a);
     Ok(match a.kind {
-        ActionKind::Forward => Arc::new(ForwardAction {
-            url: a.url.clone().ok_or("url is required for forward")?,
-            key: a
-                .secret
-                .as_ref()
-                .map(|s| SigningKey::parse(s.expose()))
-                .transpose()
-                .map_err(|e| format!("secret: {e}"))?,
-            options,
-            outbound,
-        }),
-        ActionKind::Reply => Arc::new(ReplyAction {
-            templates: a.templates.clone(),
-            sender: Sender::from_config(a).map_err(|problems| {
+        ActionKind::Forward => {
+            let url = a.url.clone().ok_or("url is required for forward")?;
+            Arc::new(ForwardAction {
+                destination: destination_of(&url),
+                url,
+                key: a
+                    .secret
+                    .as_ref()
+                    .map(|s| SigningKey::parse(s.expose()))
+                    .transpose()
+                    .map_err(|e| format!("secret: {e}"))?,
+                options,
+                outbound,
+            })
+        }
+        ActionKind::Reply => {
+            let sender = Sender::from_config(a).map_err(|problems| {
                 problems
                     .into_iter()
                     .map(|(k, m)| format!("{k}: {m}"))
                     .collect::<Vec<_>>()
                     .join("; ")
-            })?,
-            options,
-            store,
-            outbound,
-        }),
+            })?;
+            Arc::new(ReplyAction {
+                templates: a.templates.clone(),
+                destination: destination_of(&sender.url()),
+                sender,
+                options,
+                store,
+                outbound,
+            })
+        }
     })
 }
 

@@ -193,6 +193,8 @@ impl Recipient {
 pub struct ReplyAction {
     pub templates: BTreeMap<String, String>,
     pub sender: Sender,
+    /// `scheme://host:port` of the send API, worked out once for breaker checks.
+    pub destination: Option<String>,
     pub options: SendOptions,
     pub store: Arc<dyn Store>,
     pub outbound: Arc<Outbound>,
@@ -217,7 +219,7 @@ fn store_error(e: StoreError) -> ActionError {
 #[async_trait]
 impl Action for ReplyAction {
     fn blocked_for(&self) -> Option<Duration> {
-        self.outbound.blocked_for(&self.sender.url())
+        self.outbound.blocked_for(self.destination.as_deref()?)
     }
 
     async fn run(&self, job: &ClaimedJob) -> Result<ActionOutput, ActionError> {

@@ -138,19 +138,6 @@ impl WorkerPool {
         }
     }
 
-    /// Claims and runs one round of due jobs to completion; returns how
-    /// many ran. Tests drain the queue with this instead of sleeping.
-    pub async fn run_once(&self) -> Result<usize, crate::store::StoreError> {
-        let (lanes, _) = self.actions.lanes(self.settings.concurrency);
-        let jobs = self
-            .store
-            .claim(&lanes, self.settings.concurrency, self.settings.lease)
-            .await?;
-        let n = jobs.len();
-        futures::future::join_all(jobs.into_iter().map(|j| self.execute(j))).await;
-        Ok(n)
-    }
-
     /// Runs one job and commits its outcome.
     async fn execute(&self, job: ClaimedJob) {
         let started = Instant::now();

@@ -221,8 +221,6 @@ pub enum StoreError {
     Unavailable(String),
     #[error("not found")]
     NotFound,
-    #[error("invalid request: {0}")]
-    Invalid(String),
     #[error("store error: {0}")]
     Internal(String),
 }
