@@ -400,6 +400,14 @@ mod tests {
         store.ingest(batch).await.unwrap()
     }
 
+    async fn stored(store: &SqliteStore) -> usize {
+        let all = ListQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        store.list_messages(all).await.unwrap().items.len()
+    }
+
     #[test]
     fn message_id_floor_orders_like_the_ids_minted_then() {
         let before = super::super::message_id_floor(now_millis() - 1);
@@ -419,18 +427,7 @@ mod tests {
         assert_eq!(ingest(&store, "g1").await.accepted, 1);
         let hour_ago = now_millis() - 3_600_000;
         store.prune(hour_ago, hour_ago).await.unwrap();
-        assert_eq!(
-            store
-                .list_messages(ListQuery {
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .items
-                .len(),
-            1
-        );
+        assert_eq!(stored(&store).await, 1);
         assert_eq!(
             ingest(&store, "g1").await.duplicates,
             1,
@@ -439,17 +436,7 @@ mod tests {
 
         let later = now_millis() + 1_000;
         store.prune(later, later).await.unwrap();
-        assert!(
-            store
-                .list_messages(ListQuery {
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-        );
+        assert_eq!(stored(&store).await, 0);
         assert_eq!(
             store.gauges().snapshot().pending,
             0,
