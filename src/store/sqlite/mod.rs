@@ -7,7 +7,9 @@
 //! by a previous (crashed) process can be released at once instead of
 //! waiting out their leases.
 
+mod leases;
 mod queries;
+mod syncer;
 mod writer;
 
 use std::fs::File;
@@ -24,6 +26,8 @@ use super::{
     ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, Lane, ListQuery, Millis, OptState, Page,
     QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
 };
+use leases::Leases;
+use syncer::Syncer;
 use writer::{Op, Writer, map_err};
 
 /// How many ops may wait for the writer; senders wait beyond that
@@ -35,6 +39,8 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     gauges: Arc<QueueGauges>,
     work: Arc<Notify>,
+    /// Jobs handed to workers (see [`leases`]).
+    leases: Arc<Leases>,
     max_rejections: u64,
     path: PathBuf,
     /// The checkpoint thread runs while this lives.
@@ -62,6 +68,13 @@ fn open_conn(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The writer alone keeps more distinct statements than the default 16.
     conn.set_prepared_statement_cache_capacity(64);
+    // Query-planner stability: without it SQLite re-prepares a cached
+    // statement whenever a value bound to `LIMIT ?` moves to or from 0/1
+    // (the claim query's limit does), and re-preparing showed in profiles.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(conn)
 }
 
@@ -122,7 +135,7 @@ impl SqliteStore {
         )
         .map_err(map_err)?;
         let gauges = Arc::new(QueueGauges::default());
-        gauges.set(writer::count_queue(&conn).map_err(map_err)?);
+        gauges.set(writer::count_queue(&conn, 0).map_err(map_err)?);
 
         let reader = open_conn(path, busy_timeout).map_err(map_err)?;
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
@@ -138,7 +151,12 @@ impl SqliteStore {
             })?;
         let work = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let w = Writer::new(conn, gauges.clone(), work.clone());
+        // The schema above has written, so the WAL file exists.
+        let syncer = Syncer::spawn(path, tx.downgrade())?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(map_err)?;
+        let leases = Arc::new(Leases::default());
+        let w = Writer::new(conn, gauges.clone(), work.clone(), syncer, leases.clone());
         std::thread::Builder::new()
             .name("inlet-sqlite-writer".into())
             .spawn(move || w.run(rx))
@@ -149,6 +167,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             gauges,
             work,
+            leases,
             max_rejections,
             path: path.to_path_buf(),
             _alive: alive,
@@ -195,14 +214,16 @@ impl Store for SqliteStore {
         let lease_ms = lease.as_millis() as i64;
         let now = now_millis();
         let lanes = lanes.to_vec();
-        self.call(|reply| Op::Claim {
-            lanes,
-            limit,
-            lease_ms,
-            now,
-            reply,
-        })
-        .await
+        let raw = self
+            .call(|reply| Op::Claim {
+                lanes,
+                limit,
+                lease_ms,
+                now,
+                reply,
+            })
+            .await?;
+        Ok(raw.into_iter().map(writer::RawClaim::into_job).collect())
     }
 
     async fn fail_orphans(&self, lanes: &[Lane]) -> Result<usize, StoreError> {
@@ -238,7 +259,9 @@ impl Store for SqliteStore {
 
     async fn next_due(&self, lanes: &[Lane]) -> Result<Option<Millis>, StoreError> {
         let lanes = lanes.to_vec();
-        self.read(move |c| queries::next_due(c, &lanes)).await
+        let leases = self.leases.clone();
+        self.read(move |c| queries::next_due(c, &lanes, &leases))
+            .await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! Read-side queries of the admin API, on their own connection so reads
 //! never queue behind the writer (WAL lets them run during a commit).
 
+use super::leases::Leases;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
@@ -179,20 +180,28 @@ pub fn list_dead_letters(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page
     Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
 }
 
-/// The earliest pending run time in `lanes`, or lease expiry in any lane.
-pub fn next_due(c: &Connection, lanes: &[Lane]) -> rusqlite::Result<Option<i64>> {
-    let mut due: Option<i64> = c
-        .prepare_cached("SELECT MIN(lease_until) FROM jobs WHERE status = 'running'")?
-        .query_row([], |r| r.get(0))?;
-    let mut lane_min = c.prepare_cached(
-        "SELECT MIN(run_at) FROM jobs WHERE status = 'pending' AND source = ?1 AND action = ?2",
+/// The earliest run time of a job not leased now in `lanes`, or the
+/// earliest lease end.
+pub fn next_due(c: &Connection, lanes: &[Lane], leases: &Leases) -> rusqlite::Result<Option<i64>> {
+    let held = leases.ids();
+    let mut due = leases.earliest_end();
+    // Leased jobs are pending rows too: look past as many as are leased.
+    let mut lane_next = c.prepare_cached(
+        "SELECT id, run_at FROM jobs WHERE status = 'pending' AND source = ?1 AND action = ?2
+         ORDER BY run_at LIMIT ?3",
     )?;
     for lane in lanes {
-        let t: Option<i64> = lane_min.query_row(params![lane.source, lane.action], |r| r.get(0))?;
-        due = match (due, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let rows = lane_next.query_map(
+            params![lane.source, lane.action, held.len() as i64 + 1],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        for row in rows {
+            let (id, run_at) = row?;
+            if !held.contains(&id) {
+                due = Some(due.map_or(run_at, |d| d.min(run_at)));
+                break;
+            }
+        }
     }
     Ok(due)
 }

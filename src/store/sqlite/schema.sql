@@ -29,16 +29,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     message_id  TEXT NOT NULL,
     source      TEXT NOT NULL,
     action      TEXT NOT NULL,
-    status      TEXT NOT NULL,          -- pending | running | done | dead
+    status      TEXT NOT NULL,          -- pending | done | dead (running: older files)
     attempts    INTEGER NOT NULL DEFAULT 0,
     run_at      INTEGER NOT NULL,
     lease_until INTEGER,
     last_error  TEXT,
     updated_at  INTEGER NOT NULL
 );
--- Claims go lane by lane (source, action), earliest first.
+-- Claims go lane by lane (source, action), earliest first, over pending
+-- jobs only: a job leaves the index when it is done, so finished work costs
+-- the index nothing. Leases live in the process (leases.rs); `running` and
+-- `lease_until` are no longer written, and are kept for older files.
 DROP INDEX IF EXISTS jobs_due;
-CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (status, source, action, run_at);
+DROP INDEX IF EXISTS jobs_lane;
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (source, action, run_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (id) WHERE status = 'dead';
 CREATE INDEX IF NOT EXISTS jobs_by_message ON jobs (message_id);
 
 CREATE TABLE IF NOT EXISTS attempts (

@@ -4,10 +4,12 @@
 //! oneshot reply; the thread takes the first op, drains whatever else is
 //! queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
 //! transaction, each inside its own savepoint so one failing op does not
-//! sink the others, commits once (one WAL fsync with `synchronous=FULL`),
-//! and only then answers every caller. While one batch is fsyncing, the
-//! next one queues up, so the fsync cost is shared by every request that
-//! arrived meanwhile.
+//! sink the others, and commits once. The commit does not wait for the
+//! disk: the batch's answers go to the [`Syncer`], which fsyncs the WAL and
+//! only then answers every caller, while this thread already runs the next
+//! batch. Whatever queues while one batch runs becomes the next batch, so
+//! the work and the fsync are both shared by every request that arrived
+//! meanwhile.
 
 use std::sync::Arc;
 
@@ -18,7 +20,37 @@ use super::super::{
     AttemptRecord, CLASSIFY, ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, JobNext, Lane,
     Millis, QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
+use super::leases::{Leases, Undo};
+use super::syncer::Syncer;
 use crate::domain::{EventId, InboundEvent};
+
+/// A leased job as read inside the transaction; its message is parsed
+/// into JSON by the caller, off this thread (see [`RawClaim::into_job`]).
+pub struct RawClaim {
+    job_id: i64,
+    message_id: String,
+    source: String,
+    action: String,
+    attempts: u32,
+    /// (doc, intent, conversation_id); `None` when the message is gone.
+    doc: Option<(String, Option<String>, Option<String>)>,
+}
+
+impl RawClaim {
+    pub fn into_job(self) -> ClaimedJob {
+        ClaimedJob {
+            job_id: self.job_id,
+            message_id: self.message_id,
+            source: self.source,
+            action: self.action,
+            attempts: self.attempts,
+            message: self
+                .doc
+                .map(|(doc, intent, conv)| super::queries::message_doc(doc, intent, conv))
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
 
 /// Ops per transaction at most; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
@@ -32,7 +64,7 @@ pub enum Op {
         limit: usize,
         lease_ms: i64,
         now: Millis,
-        reply: Reply<Vec<ClaimedJob>>,
+        reply: Reply<Vec<RawClaim>>,
     },
     Complete(JobCompletion, Reply<()>),
     Reject(Rejection, i64, Reply<()>),
@@ -51,6 +83,9 @@ pub enum Op {
         reply: Reply<usize>,
     },
     Probe(Reply<()>),
+    /// From the syncer: the disk is free for the next fsync. Carries no
+    /// work; it only wakes the writer to commit.
+    Synced,
     FailOrphans {
         lanes: Vec<Lane>,
         now: Millis,
@@ -72,17 +107,33 @@ pub enum Op {
     },
 }
 
-/// An executed op whose answer waits for the commit.
-enum Done {
+impl Op {
+    /// Whether a caller waits on this op's commit in a path where latency
+    /// counts (a request, a readiness probe, an admin call, a reply about
+    /// to be sent), as opposed to the workers' own bookkeeping.
+    fn urgent(&self) -> bool {
+        !matches!(
+            self,
+            Op::Claim { .. }
+                | Op::Complete(..)
+                | Op::FinishReply { .. }
+                | Op::Prune { .. }
+                | Op::Synced
+        )
+    }
+}
+
+/// An executed op whose answer waits for the commit and its fsync.
+pub(super) enum Done {
     Ingest(Reply<IngestOutcome>, Result<IngestOutcome, StoreError>),
-    Claim(Reply<Vec<ClaimedJob>>, Result<Vec<ClaimedJob>, StoreError>),
+    Claim(Reply<Vec<RawClaim>>, Result<Vec<RawClaim>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
     ReplyClaim(Reply<ReplyClaim>, Result<ReplyClaim, StoreError>),
 }
 
 impl Done {
-    fn fail(self, e: &StoreError) {
+    pub(super) fn fail(self, e: &StoreError) {
         let err = || StoreError::Unavailable(e.to_string());
         match self {
             Done::Ingest(tx, _) => drop(tx.send(Err(err()))),
@@ -92,7 +143,7 @@ impl Done {
             Done::ReplyClaim(tx, _) => drop(tx.send(Err(err()))),
         }
     }
-    fn send(self) {
+    pub(super) fn send(self) {
         match self {
             Done::Ingest(tx, r) => drop(tx.send(r)),
             Done::Claim(tx, r) => drop(tx.send(r)),
@@ -108,6 +159,11 @@ pub struct Writer {
     gauges: Arc<QueueGauges>,
     /// Woken when new work became due: the dispatcher claims at once.
     work: Arc<Notify>,
+    /// Answers committed batches once they are on disk.
+    syncer: Syncer,
+    leases: Arc<Leases>,
+    /// Lease changes of the round being run, taken back if it fails.
+    round_undo: Vec<Undo>,
 }
 
 pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
@@ -120,18 +176,108 @@ pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// What one op produced; its caller hears it after the commit.
+enum Outcome {
+    Ingest(Result<IngestOutcome, StoreError>),
+    Claim(Result<(Vec<RawClaim>, usize), StoreError>),
+    Complete(Result<Option<usize>, StoreError>),
+    Unit(Result<(), StoreError>),
+    Count(Result<usize, StoreError>),
+    Replay(Result<(usize, usize), StoreError>),
+    ReplyClaim(Result<ReplyClaim, StoreError>),
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        match self {
+            Outcome::Ingest(r) => r.is_err(),
+            Outcome::Claim(r) => r.is_err(),
+            Outcome::Complete(r) => r.is_err(),
+            Outcome::Unit(r) => r.is_err(),
+            Outcome::Count(r) => r.is_err(),
+            Outcome::Replay(r) => r.is_err(),
+            Outcome::ReplyClaim(r) => r.is_err(),
+        }
+    }
+}
+
+/// Why a transaction did not commit.
+enum Aborted {
+    /// An op failed outside a savepoint of its own; the round was rolled
+    /// back, the transaction stands.
+    Op,
+    /// A statement of the transaction itself failed, or SQLite rolled the
+    /// transaction back on its own.
+    Batch(StoreError),
+}
+
 impl Writer {
-    pub fn new(conn: Connection, gauges: Arc<QueueGauges>, work: Arc<Notify>) -> Self {
-        Self { conn, gauges, work }
+    /// `conn` must run with `synchronous=NORMAL`: `syncer` makes each
+    /// commit durable before its callers hear of it.
+    pub fn new(
+        conn: Connection,
+        gauges: Arc<QueueGauges>,
+        work: Arc<Notify>,
+        syncer: Syncer,
+        leases: Arc<Leases>,
+    ) -> Self {
+        Self {
+            conn,
+            gauges,
+            work,
+            syncer,
+            leases,
+            round_undo: Vec::new(),
+        }
     }
 
     /// Runs until every sender is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        // A clock for timed waits on this plain thread.
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "The store writer cannot start its timer.");
+                return;
+            }
+        };
         let mut ops = Vec::with_capacity(MAX_BATCH);
-        // No linger: a batch is whatever queued while the previous commit
-        // ran. Waiting for company was measured (BENCHMARKS.md) and only
-        // added latency.
-        while let Some(first) = rx.blocking_recv() {
+        let mut open: Option<Open> = None;
+        loop {
+            // Commit when the disk is free for the next fsync. Until then
+            // the transaction stays open and takes in whatever arrives, so
+            // there is one commit (and one rewrite of each page it touches)
+            // per fsync, and no op waits for a commit to start running.
+            // Bookkeeping alone (claims, completions) lingers a little for
+            // company: each commit rewrites whole pages, and committing every
+            // completion on its own wrote ~3x the bytes per message.
+            let mut wait = None;
+            if let Some(o) = open.take() {
+                let disk_free = self.syncer.idle() || o.ops >= MAX_OPEN_OPS;
+                let lingered = o.started.elapsed();
+                if disk_free && (o.urgent || lingered >= BOOKKEEPING_LINGER) {
+                    self.commit(o);
+                    continue;
+                }
+                if disk_free {
+                    wait = Some(BOOKKEEPING_LINGER - lingered);
+                }
+                open = Some(o);
+            }
+            let first = match wait {
+                // Woken by an op, or by the syncer (`Op::Synced`).
+                None => rx.blocking_recv(),
+                Some(d) => match rt.block_on(async { tokio::time::timeout(d, rx.recv()).await }) {
+                    Ok(op) => op,
+                    Err(_elapsed) => continue,
+                },
+            };
+            let Some(first) = first else {
+                break;
+            };
             ops.push(first);
             while ops.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -139,205 +285,343 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut ops);
+            ops.retain(|op| !matches!(op, Op::Synced));
+            if !ops.is_empty() {
+                open = self.run_round(&mut ops, open);
+            }
+        }
+        if let Some(o) = open {
+            self.commit(o);
         }
     }
 
-    fn run_batch(&mut self, ops: &mut Vec<Op>) {
-        let started = std::time::Instant::now();
-        let n = ops.len();
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err) {
-            tracing::warn!(error = %e, ops = n, "Store cannot begin a transaction.");
-            for op in ops.drain(..) {
-                fail_op(op, &e);
+    /// Runs `ops` inside the open transaction (beginning one if needed).
+    /// Returns the transaction, or `None` when it failed as a whole (every
+    /// caller in it has been answered with the error).
+    fn run_round(&mut self, ops: &mut Vec<Op>, open: Option<Open>) -> Option<Open> {
+        let mut open = match open {
+            Some(o) => o,
+            None => match exec(&self.conn, "BEGIN IMMEDIATE") {
+                Ok(()) => Open::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, ops = ops.len(), "Store cannot begin a transaction.");
+                    for op in ops.drain(..) {
+                        fail_op(op, &e);
+                    }
+                    return None;
+                }
+            },
+        };
+        // Ops run without a savepoint each: a savepoint per op copies every
+        // page the op touches into a statement journal, which was a fifth of
+        // the writer's time, and ops fail only on I/O errors or bugs. The
+        // round has one; only when an op fails is the round run again with
+        // a savepoint per op, so that op alone fails.
+        let attempt = match self.round(ops, false) {
+            Err(Aborted::Op) => {
+                self.leases.undo(&mut self.round_undo);
+                self.round(ops, true)
+            }
+            other => other,
+        };
+        let outcomes = match attempt {
+            Ok(outcomes) => outcomes,
+            Err(Aborted::Op) => unreachable!("ops run isolated cannot abort the round"),
+            Err(Aborted::Batch(e)) => {
+                tracing::warn!(error = %e, ops = ops.len() + open.done.len(), "Store transaction failed.");
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.leases.undo(&mut self.round_undo);
+                self.leases.undo(&mut open.undo);
+                for op in ops.drain(..) {
+                    fail_op(op, &e);
+                }
+                for d in open.done {
+                    d.fail(&e);
+                }
+                return None;
+            }
+        };
+        for (op, outcome) in ops.iter().zip(&outcomes) {
+            account(op, outcome, &mut open);
+        }
+        open.undo.append(&mut self.round_undo);
+        open.ops += ops.len();
+        open.urgent |= ops.iter().any(Op::urgent);
+        open.done.extend(
+            ops.drain(..)
+                .zip(outcomes)
+                .filter_map(|(op, outcome)| answer(op, outcome)),
+        );
+        Some(open)
+    }
+
+    /// Runs `ops` in a savepoint of the open transaction. With `isolate`,
+    /// each op runs in its own savepoint and a failing op only fails itself.
+    fn round(&mut self, ops: &[Op], isolate: bool) -> Result<Vec<Outcome>, Aborted> {
+        let conn = &self.conn;
+        let leases = (&*self.leases, &mut self.round_undo);
+        let batch_err = |e: StoreError| Aborted::Batch(e);
+        exec(conn, "SAVEPOINT round").map_err(batch_err)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            if isolate {
+                exec(conn, "SAVEPOINT op").map_err(batch_err)?;
+            }
+            let outcome = execute(conn, (leases.0, &mut *leases.1), op);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back itself (disk
+                // full, I/O error): nothing of it stands.
+                return Err(Aborted::Batch(StoreError::Unavailable(format!(
+                    "the transaction was rolled back: {}",
+                    error_of(&outcome).unwrap_or_default()
+                ))));
+            }
+            match (outcome.failed(), isolate) {
+                (true, false) => {
+                    exec(conn, "ROLLBACK TO round").map_err(batch_err)?;
+                    exec(conn, "RELEASE round").map_err(batch_err)?;
+                    return Err(Aborted::Op);
+                }
+                (true, true) => {
+                    exec(conn, "ROLLBACK TO op").map_err(batch_err)?;
+                    exec(conn, "RELEASE op").map_err(batch_err)?;
+                }
+                (false, true) => exec(conn, "RELEASE op").map_err(batch_err)?,
+                (false, false) => {}
+            }
+            outcomes.push(outcome);
+        }
+        exec(conn, "RELEASE round").map_err(batch_err)?;
+        Ok(outcomes)
+    }
+
+    /// Commits the open transaction and hands its answers to the syncer.
+    fn commit(&mut self, mut o: Open) {
+        if let Err(e) = exec(&self.conn, "COMMIT") {
+            tracing::warn!(error = %e, ops = o.ops, "Store commit failed.");
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.leases.undo(&mut o.undo);
+            for d in o.done {
+                d.fail(&e);
             }
             return;
         }
-        let mut done = Vec::with_capacity(n);
-        let mut delta = QueueCounts::default();
-        let mut wake = false;
-        let mut recount = false;
-        for op in ops.drain(..) {
-            done.push(self.execute(op, &mut delta, &mut wake, &mut recount));
-        }
-        let counts = if recount {
-            count_queue(&self.conn).ok()
+        if o.recount {
+            // Re-based on the truth after a prune or orphan sweep, so any
+            // drift (a worker that died, a lease that ran out) heals.
+            match count_queue(&self.conn, self.leases.len()) {
+                Ok(c) => self.gauges.set(c),
+                Err(_) => self.gauges.add(o.delta),
+            }
         } else {
-            None
-        };
-        match self.conn.execute_batch("COMMIT").map_err(map_err) {
-            Ok(()) => {
-                match counts {
-                    Some(c) => self.gauges.set(c),
-                    None => self.gauges.add(delta),
-                }
-                if wake {
-                    self.work.notify_one();
-                }
-                metrics::histogram!("inlet_stage_seconds", "stage" => "commit")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("inlet_commit_batch_ops").record(n as f64);
-                for d in done {
-                    d.send();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ops = n, "Store commit failed.");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                for d in done {
-                    d.fail(&e);
-                }
-            }
+            self.gauges.add(o.delta);
         }
+        if o.wake {
+            self.work.notify_one();
+        }
+        metrics::histogram!("inlet_stage_seconds", "stage" => "commit")
+            .record(o.started.elapsed().as_secs_f64());
+        metrics::histogram!("inlet_commit_batch_ops").record(o.ops as f64);
+        self.syncer.settle(o.done);
     }
+}
 
-    /// Runs one op inside a savepoint so its failure rolls back only itself.
-    fn execute(
-        &mut self,
-        op: Op,
-        delta: &mut QueueCounts,
-        wake: &mut bool,
-        recount: &mut bool,
-    ) -> Done {
-        fn guarded<T>(
-            conn: &mut Connection,
-            f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
-        ) -> Result<T, StoreError> {
-            // Cached statements: parsing these anew per op showed in profiles.
-            conn.prepare_cached("SAVEPOINT op")
-                .and_then(|mut s| s.execute([]))
-                .map_err(map_err)?;
-            match f(conn) {
-                Ok(v) => {
-                    conn.prepare_cached("RELEASE op")
-                        .and_then(|mut s| s.execute([]))
-                        .map_err(map_err)?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                    Err(map_err(e))
-                }
-            }
-        }
-        match op {
-            Op::Ingest(batch, tx) => {
-                let r = guarded(&mut self.conn, |c| ingest(c, &batch));
-                if let Ok(o) = &r {
-                    delta.pending += o.accepted as i64;
-                    *wake |= o.accepted > 0;
-                }
-                Done::Ingest(tx, r)
-            }
-            Op::Claim {
-                lanes,
-                limit,
-                lease_ms,
-                now,
-                reply,
-            } => {
-                let r = guarded(&mut self.conn, |c| claim(c, &lanes, limit, lease_ms, now));
-                if let Ok((jobs, from_pending)) = &r {
-                    delta.pending -= *from_pending as i64;
-                    delta.in_flight += *from_pending as i64;
-                    let _ = jobs;
-                }
-                Done::Claim(reply, r.map(|(jobs, _)| jobs))
-            }
-            Op::Complete(c, tx) => {
-                let r = guarded(&mut self.conn, |conn| complete(conn, &c));
-                if let Ok(Some(inserted)) = &r {
-                    delta.in_flight -= 1;
-                    match c.next {
-                        JobNext::Done => {}
-                        JobNext::Retry { .. } | JobNext::Defer { .. } => {
-                            delta.pending += 1;
-                            *wake = true;
-                        }
-                        JobNext::Dead { .. } => delta.dead += 1,
-                    }
-                    if *inserted > 0 {
-                        delta.pending += *inserted as i64;
-                        *wake = true;
-                    }
-                }
-                Done::Unit(tx, r.map(|_| ()))
-            }
-            Op::Reject(rej, now, tx) => {
-                let r = guarded(&mut self.conn, |c| reject(c, &rej, now));
-                Done::Unit(tx, r)
-            }
-            Op::Prune {
-                dedup_cutoff,
-                retention_cutoff,
-                max_rejections,
-                reply,
-            } => {
-                let r = guarded(&mut self.conn, |c| {
-                    prune(c, dedup_cutoff, retention_cutoff, max_rejections)
-                });
-                // Re-base the gauges on the truth once per prune, so any
-                // drift (a worker that died, a lease that ran out) heals.
-                *recount |= r.is_ok();
-                Done::Unit(reply, r)
-            }
-            Op::Replay {
-                message_id,
-                only_failed,
-                source,
-                action,
-                now,
-                reply,
-            } => {
-                let r = guarded(&mut self.conn, |c| {
-                    replay(
-                        c,
-                        message_id.as_deref(),
-                        only_failed,
-                        source.as_deref(),
-                        action.as_deref(),
-                        now,
-                    )
-                });
-                if let Ok((n, from_dead)) = &r {
-                    delta.pending += *n as i64;
-                    delta.dead -= *from_dead as i64;
-                    *wake |= *n > 0;
-                }
-                Done::Count(reply, r.map(|(n, _)| n))
-            }
-            Op::Probe(tx) => Done::Unit(tx, Ok(())),
-            Op::FailOrphans { lanes, now, reply } => {
-                let r = guarded(&mut self.conn, |c| fail_orphans(c, &lanes, now));
-                *recount |= r.is_ok();
-                Done::Count(reply, r)
-            }
-            Op::BeginReply {
-                message_id,
-                action,
-                now,
-                reply,
-            } => {
-                let r = guarded(&mut self.conn, |c| {
-                    begin_reply(c, &message_id, &action, now)
-                });
-                Done::ReplyClaim(reply, r)
-            }
-            Op::FinishReply {
-                message_id,
-                action,
-                result,
-                detail,
-                now,
-                reply,
-            } => {
-                let r = guarded(&mut self.conn, |c| {
-                    finish_reply(c, &message_id, &action, result, detail.as_deref(), now)
-                });
-                Done::Unit(reply, r)
-            }
+/// Ops in one transaction at most; past it the writer commits without
+/// waiting for the syncer.
+const MAX_OPEN_OPS: usize = 4096;
+
+/// How long a transaction holding only bookkeeping waits for company
+/// before it commits anyway. Delays background processing, never an ACK.
+const BOOKKEEPING_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The transaction being filled while the previous commit is fsynced.
+struct Open {
+    done: Vec<Done>,
+    ops: usize,
+    /// Lease changes made by it, taken back if it fails.
+    undo: Vec<Undo>,
+    /// Some caller waits on this commit in the request path.
+    urgent: bool,
+    delta: QueueCounts,
+    wake: bool,
+    recount: bool,
+    started: std::time::Instant,
+}
+
+impl Open {
+    fn new() -> Self {
+        Self {
+            done: Vec::new(),
+            ops: 0,
+            undo: Vec::new(),
+            urgent: false,
+            delta: QueueCounts::default(),
+            wake: false,
+            recount: false,
+            started: std::time::Instant::now(),
         }
     }
+}
+
+/// Runs one fixed statement through the statement cache.
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(map_err)
+}
+
+fn error_of(o: &Outcome) -> Option<String> {
+    let e = |r: Result<(), &StoreError>| r.err().map(|e| e.to_string());
+    match o {
+        Outcome::Ingest(r) => e(r.as_ref().map(drop)),
+        Outcome::Claim(r) => e(r.as_ref().map(drop)),
+        Outcome::Complete(r) => e(r.as_ref().map(drop)),
+        Outcome::Unit(r) => e(r.as_ref().map(drop)),
+        Outcome::Count(r) => e(r.as_ref().map(drop)),
+        Outcome::Replay(r) => e(r.as_ref().map(drop)),
+        Outcome::ReplyClaim(r) => e(r.as_ref().map(drop)),
+    }
+}
+
+/// Runs one op's statements inside the open transaction; lease changes go
+/// to the undo log.
+fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcome {
+    fn run<T>(r: Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+        r.map_err(map_err)
+    }
+    match op {
+        Op::Ingest(batch, _) => Outcome::Ingest(run(ingest(c, batch))),
+        Op::Claim {
+            lanes,
+            limit,
+            lease_ms,
+            now,
+            ..
+        } => Outcome::Claim(run(claim(c, leases, lanes, *limit, *lease_ms, *now))),
+        Op::Complete(done, _) => Outcome::Complete(run(complete(c, leases, done))),
+        Op::Reject(rej, now, _) => Outcome::Unit(run(reject(c, rej, *now))),
+        Op::Prune {
+            dedup_cutoff,
+            retention_cutoff,
+            max_rejections,
+            ..
+        } => Outcome::Unit(run(prune(
+            c,
+            *dedup_cutoff,
+            *retention_cutoff,
+            *max_rejections,
+        ))),
+        Op::Replay {
+            message_id,
+            only_failed,
+            source,
+            action,
+            now,
+            ..
+        } => Outcome::Replay(run(replay(
+            c,
+            message_id.as_deref(),
+            *only_failed,
+            source.as_deref(),
+            action.as_deref(),
+            *now,
+        ))),
+        Op::Probe(_) | Op::Synced => Outcome::Unit(Ok(())),
+        Op::FailOrphans { lanes, now, .. } => Outcome::Count(run(fail_orphans(c, lanes, *now))),
+        Op::BeginReply {
+            message_id,
+            action,
+            now,
+            ..
+        } => Outcome::ReplyClaim(run(begin_reply(c, message_id, action, *now))),
+        Op::FinishReply {
+            message_id,
+            action,
+            result,
+            detail,
+            now,
+            ..
+        } => Outcome::Unit(run(finish_reply(
+            c,
+            message_id,
+            action,
+            *result,
+            detail.as_deref(),
+            *now,
+        ))),
+    }
+}
+
+/// What a committed op changes in the queue gauges and whether workers
+/// should look for new work.
+fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
+    let Open {
+        delta,
+        wake,
+        recount,
+        ..
+    } = open;
+    match (op, outcome) {
+        (Op::Ingest(..), Outcome::Ingest(Ok(o))) => {
+            delta.pending += o.accepted as i64;
+            *wake |= o.accepted > 0;
+        }
+        (Op::Claim { .. }, Outcome::Claim(Ok((_, from_pending)))) => {
+            delta.pending -= *from_pending as i64;
+            delta.in_flight += *from_pending as i64;
+        }
+        (Op::Complete(c, _), Outcome::Complete(Ok(Some(inserted)))) => {
+            delta.in_flight -= 1;
+            match c.next {
+                JobNext::Done => {}
+                JobNext::Retry { .. } | JobNext::Defer { .. } => {
+                    delta.pending += 1;
+                    *wake = true;
+                }
+                JobNext::Dead { .. } => delta.dead += 1,
+            }
+            if *inserted > 0 {
+                delta.pending += *inserted as i64;
+                *wake = true;
+            }
+        }
+        (Op::Replay { .. }, Outcome::Replay(Ok((n, from_dead)))) => {
+            delta.pending += *n as i64;
+            delta.dead -= *from_dead as i64;
+            *wake |= *n > 0;
+        }
+        (Op::Prune { .. }, Outcome::Unit(Ok(())))
+        | (Op::FailOrphans { .. }, Outcome::Count(Ok(_))) => *recount = true,
+        _ => {}
+    }
+}
+
+/// Pairs an op's reply channel with what it produced.
+fn answer(op: Op, outcome: Outcome) -> Option<Done> {
+    Some(match (op, outcome) {
+        (Op::Ingest(_, tx), Outcome::Ingest(r)) => Done::Ingest(tx, r),
+        (Op::Claim { reply, .. }, Outcome::Claim(r)) => Done::Claim(reply, r.map(|(jobs, _)| jobs)),
+        (Op::Complete(_, tx), Outcome::Complete(r)) => Done::Unit(tx, r.map(drop)),
+        (Op::Reject(_, _, tx), Outcome::Unit(r))
+        | (Op::Prune { reply: tx, .. }, Outcome::Unit(r))
+        | (Op::Probe(tx), Outcome::Unit(r))
+        | (Op::FinishReply { reply: tx, .. }, Outcome::Unit(r)) => Done::Unit(tx, r),
+        (Op::Replay { reply, .. }, Outcome::Replay(r)) => Done::Count(reply, r.map(|(n, _)| n)),
+        (Op::FailOrphans { reply, .. }, Outcome::Count(r)) => Done::Count(reply, r),
+        (Op::BeginReply { reply, .. }, Outcome::ReplyClaim(r)) => Done::ReplyClaim(reply, r),
+        (Op::Synced, _) => return None,
+        (op, _) => {
+            // `execute` made the outcome from this very op; never seen.
+            let e = StoreError::Internal("writer paired an op with another op's outcome".into());
+            fail_op(op, &e);
+            return None;
+        }
+    })
 }
 
 fn fail_op(op: Op, e: &StoreError) {
@@ -353,6 +637,7 @@ fn fail_op(op: Op, e: &StoreError) {
         Op::FailOrphans { reply, .. } => drop(reply.send(Err(err()))),
         Op::BeginReply { reply, .. } => drop(reply.send(Err(err()))),
         Op::FinishReply { reply, .. } => drop(reply.send(Err(err()))),
+        Op::Synced => {}
     }
 }
 
@@ -419,74 +704,84 @@ fn insert_event(
     Ok(())
 }
 
-/// Leases due jobs: pending ones whose time has come, and running ones
-/// whose lease ran out (their worker died). Returns the jobs and how many
-/// came from `pending` (for the gauges).
+/// Leases due jobs: those whose lease ran out (their worker died or hung)
+/// first, then pending ones whose time has come, earliest first, lane by
+/// lane. Returns the jobs and how many were not leased before (for the
+/// gauges).
 fn claim(
     c: &Connection,
+    (leases, undo): (&Leases, &mut Vec<Undo>),
     lanes: &[Lane],
     limit: usize,
     lease_ms: i64,
     now: Millis,
-) -> Result<(Vec<ClaimedJob>, usize), rusqlite::Error> {
-    // Index-friendly queries only (an OR across statuses, or a lane filter
-    // that is not an index prefix, makes SQLite scan every job ever run):
-    // expired leases first, then each lane on `jobs_lane`, earliest first.
-    let mut expired = c.prepare_cached(
-        "SELECT id, status, run_at FROM jobs WHERE status = 'running' AND lease_until <= ?1 LIMIT ?2",
-    )?;
-    let mut picked: Vec<(i64, String, i64)> = expired
-        .query_map(params![now, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
+) -> Result<(Vec<RawClaim>, usize), rusqlite::Error> {
+    let mut picked: Vec<(i64, bool)> = leases
+        .expired(now, limit)
+        .into_iter()
+        .map(|id| (id, false))
+        .collect();
+    let room = limit.saturating_sub(picked.len());
+    // Leased jobs are still `pending` rows: ask for as many more as are
+    // leased and skip them. Index-friendly: one lane at a time on the
+    // partial index of pending jobs.
+    let held = leases.ids();
     let mut due = c.prepare_cached(
-        "SELECT id, status, run_at FROM jobs
+        "SELECT id, run_at FROM jobs
          WHERE status = 'pending' AND source = ?1 AND action = ?2 AND run_at <= ?3
          ORDER BY run_at LIMIT ?4",
     )?;
-    let room = limit.saturating_sub(picked.len());
     let mut candidates = Vec::new();
-    for lane in lanes.iter().filter(|l| l.limit > 0) {
-        let n = lane.limit.min(room) as i64;
-        candidates.extend(
-            due.query_map(params![lane.source, lane.action, now, n], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<Vec<(i64, String, i64)>, _>>()?,
-        );
+    for lane in lanes.iter().filter(|l| l.limit > 0 && room > 0) {
+        let n = (lane.limit.min(room) + held.len()) as i64;
+        let rows = due.query_map(params![lane.source, lane.action, now, n], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (id, run_at) = row?;
+            if !held.contains(&id) {
+                candidates.push((run_at, id));
+            }
+        }
     }
-    candidates.sort_by_key(|(id, _, run_at)| (*run_at, *id));
-    picked.extend(candidates.into_iter().take(room));
-    let mut lease = c.prepare_cached(
-        "UPDATE jobs SET status = 'running', lease_until = ?2, updated_at = ?3 WHERE id = ?1
-         RETURNING message_id, source, action, attempts",
+    candidates.sort_unstable();
+    picked.extend(candidates.into_iter().take(room).map(|(_, id)| (id, true)));
+    let mut job = c.prepare_cached(
+        "SELECT message_id, source, action, attempts FROM jobs WHERE id = ?1 AND status = 'pending'",
     )?;
     let mut load =
         c.prepare_cached("SELECT doc, intent, conversation_id FROM messages WHERE id = ?1")?;
     let mut jobs = Vec::with_capacity(picked.len());
     let mut from_pending = 0;
-    for (id, status, _) in picked {
-        if status == "pending" {
+    for (id, new) in picked {
+        let row: Option<(String, String, String, u32)> = job
+            .query_row(params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((message_id, source, action, attempts)) = row else {
+            // An expired lease on a job pruned or replayed since: drop it.
+            if let Some(u) = leases.release(id) {
+                undo.push(u);
+            }
+            continue;
+        };
+        undo.push(leases.grant(id, now + lease_ms));
+        if new {
             from_pending += 1;
         }
-        let (message_id, source, action, attempts): (String, String, String, u32) = lease
-            .query_row(params![id, now + lease_ms, now], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-        let message = load
+        let doc = load
             .query_row(params![message_id], |r| {
-                Ok(super::queries::message_doc(r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
-            .optional()?
-            .unwrap_or(serde_json::Value::Null);
-        jobs.push(ClaimedJob {
+            .optional()?;
+        jobs.push(RawClaim {
             job_id: id,
             message_id,
             source,
             action,
             attempts,
-            message,
+            doc,
         });
     }
     Ok((jobs, from_pending))
@@ -496,7 +791,15 @@ fn claim(
 /// leaves an attempt without its outcome or the reverse. Returns how many
 /// follow-up jobs were enqueued, or `None` when the job was no longer
 /// leased (already completed by a twin whose lease had run out).
-fn complete(c: &Connection, done: &JobCompletion) -> Result<Option<usize>, rusqlite::Error> {
+fn complete(
+    c: &Connection,
+    (leases, undo): (&Leases, &mut Vec<Undo>),
+    done: &JobCompletion,
+) -> Result<Option<usize>, rusqlite::Error> {
+    let Some(released) = leases.release(done.job_id) else {
+        return Ok(None);
+    };
+    undo.push(released);
     let (status, run_at, error, charge) = match &done.next {
         JobNext::Done => ("done", done.now, None, 1),
         JobNext::Retry { at } => (
@@ -512,7 +815,7 @@ fn complete(c: &Connection, done: &JobCompletion) -> Result<Option<usize>, rusql
         .prepare_cached(
             "UPDATE jobs SET status = ?2, run_at = ?3, last_error = COALESCE(?4, last_error),
                  attempts = attempts + ?5, lease_until = NULL, updated_at = ?6
-             WHERE id = ?1 AND status = 'running'",
+             WHERE id = ?1 AND status = 'pending'",
         )?
         .execute(params![
             done.job_id,
@@ -682,7 +985,8 @@ fn replay(
     Ok((n, dead as usize))
 }
 
-pub(super) fn count_queue(c: &Connection) -> Result<QueueCounts, rusqlite::Error> {
+/// The queue by status; `leased` jobs are counted in flight, not pending.
+pub(super) fn count_queue(c: &Connection, leased: usize) -> Result<QueueCounts, rusqlite::Error> {
     let count = |status: &str| -> Result<i64, rusqlite::Error> {
         c.query_row(
             "SELECT COUNT(*) FROM jobs WHERE status = ?1",
@@ -690,9 +994,10 @@ pub(super) fn count_queue(c: &Connection) -> Result<QueueCounts, rusqlite::Error
             |r| r.get(0),
         )
     };
+    let leased = leased as i64;
     Ok(QueueCounts {
-        pending: count("pending")?,
-        in_flight: count("running")?,
+        pending: (count("pending")? - leased).max(0),
+        in_flight: leased,
         dead: count("dead")?,
     })
 }
