@@ -1,11 +1,12 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`
-//! (every commit is fsynced), a single writer thread that group-commits
-//! ([`writer`]), and a read connection for the admin API ([`queries`]).
+//! The embedded store: one SQLite file in WAL mode, a single writer
+//! thread that group-commits ([`writer`]), a sync thread that makes each
+//! commit durable before anyone hears of it ([`syncer`]), job leases in
+//! memory ([`leases`]), and a read connection for the admin API
+//! ([`queries`]).
 //!
 //! SQLite serves one process: a lock file next to the database keeps a
-//! second `inlet` off it, which is also why, at open, jobs left `running`
-//! by a previous (crashed) process can be released at once instead of
-//! waiting out their leases.
+//! second `inlet` off it. That is what lets leases live in memory, and why,
+//! at open, jobs an older version left `running` are released at once.
 
 mod leases;
 mod queries;
@@ -393,6 +394,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::{Channel, InboundMessage, MessageId};
+    use crate::store::{JobCompletion, JobNext, Lane};
 
     fn message(guid: &str) -> InboundMessage {
         InboundMessage {
@@ -470,5 +472,114 @@ mod tests {
             1,
             "an expired key is accepted again"
         );
+    }
+
+    fn classify_lane() -> Vec<Lane> {
+        vec![Lane {
+            source: "sms".into(),
+            action: super::super::CLASSIFY.into(),
+            limit: 10,
+        }]
+    }
+
+    fn done(job: &crate::store::ClaimedJob) -> JobCompletion {
+        JobCompletion {
+            job_id: job.job_id,
+            message_id: job.message_id.clone(),
+            attempt: None,
+            next: JobNext::Done,
+            set_intent: None,
+            set_conversation: None,
+            follow_ups: Vec::new(),
+            now: now_millis(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leased_job_is_not_handed_out_again_until_its_lease_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
+        ingest(&store, "g1").await;
+        ingest(&store, "g2").await;
+        let lanes = classify_lane();
+        let lease = Duration::from_millis(300);
+        let first = store.claim(&lanes, 1, lease).await.unwrap();
+        let second = store.claim(&lanes, 10, lease).await.unwrap();
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_ne!(first[0].job_id, second[0].job_id);
+        assert!(store.claim(&lanes, 10, lease).await.unwrap().is_empty());
+        let q = store.gauges().snapshot();
+        assert_eq!((q.pending, q.in_flight), (0, 2));
+        // Both jobs are due rows in the file; the next wake-up is the lease
+        // end, not their (past) run time, or the dispatcher would spin.
+        let next = store.next_due(&lanes).await.unwrap().expect("a lease ends");
+        assert!(next > now_millis(), "next due {next} is in the past");
+
+        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        let again = store.claim(&lanes, 10, lease).await.unwrap();
+        assert_eq!(again.len(), 2, "expired leases are handed out again");
+        store.complete(done(&again[0])).await.unwrap();
+        // The first holder of the lease finishing late changes nothing.
+        store.complete(done(&again[0])).await.unwrap();
+        let q = store.gauges().snapshot();
+        assert_eq!((q.pending, q.in_flight), (0, 1));
+        let id = again[0].message_id.clone();
+        let status = store.get_message(&id).await.unwrap()["status"].clone();
+        assert_eq!(status, "done");
+    }
+
+    #[tokio::test]
+    async fn an_op_that_fails_inside_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
+        // Two requests carrying the same message id (impossible in practice):
+        // the second insert breaks the primary key, in whatever batch.
+        let twin = message("a");
+        let mut other = message("b");
+        other.id = twin.id.clone();
+        let now = now_millis();
+        let batch = |m: InboundMessage| {
+            IngestBatch::new("sms".into(), vec![m], Vec::new(), now - 3_600_000, now)
+        };
+        let (a, b) = tokio::join!(store.ingest(batch(twin)), store.ingest(batch(other)));
+        assert!(a.is_ok() != b.is_ok(), "exactly one commits: {a:?} / {b:?}");
+        assert_eq!(stored(&store).await, 1);
+        // Nothing of the failed one stayed behind, its dedup key included.
+        let key = if a.is_ok() { "b" } else { "a" };
+        assert_eq!(ingest(&store, key).await.accepted, 1);
+        assert_eq!(store.gauges().snapshot().pending, 2);
+    }
+
+    #[test]
+    fn the_queue_queries_run_on_indexes_never_over_every_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        for sql in [
+            writer::COUNT_PENDING,
+            writer::COUNT_DEAD,
+            writer::CLAIM_DUE,
+            queries::NEXT_IN_LANE,
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = stmt.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push(row.get::<_, String>(3).unwrap());
+            }
+            // `SCAN jobs USING .. INDEX jobs_pending` walks the pending
+            // jobs only; a bare `SCAN jobs` walks every job ever run.
+            let whole_table = plan
+                .iter()
+                .any(|l| l.starts_with("SCAN jobs") && !l.contains("INDEX"));
+            let partial = plan
+                .iter()
+                .any(|l| l.contains("jobs_pending") || l.contains("jobs_dead"));
+            assert!(!whole_table && partial, "{sql}\n  plan: {plan:?}");
+        }
+        drop(store);
     }
 }

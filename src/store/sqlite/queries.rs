@@ -180,16 +180,17 @@ pub fn list_dead_letters(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page
     Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
 }
 
+/// The next jobs of one lane, on the partial index of pending jobs.
+pub(super) const NEXT_IN_LANE: &str = "SELECT id, run_at FROM jobs
+     WHERE status = 'pending' AND source = ?1 AND action = ?2 ORDER BY run_at LIMIT ?3";
+
 /// The earliest run time of a job not leased now in `lanes`, or the
 /// earliest lease end.
 pub fn next_due(c: &Connection, lanes: &[Lane], leases: &Leases) -> rusqlite::Result<Option<i64>> {
     let held = leases.ids();
     let mut due = leases.earliest_end();
     // Leased jobs are pending rows too: look past as many as are leased.
-    let mut lane_next = c.prepare_cached(
-        "SELECT id, run_at FROM jobs WHERE status = 'pending' AND source = ?1 AND action = ?2
-         ORDER BY run_at LIMIT ?3",
-    )?;
+    let mut lane_next = c.prepare_cached(NEXT_IN_LANE)?;
     for lane in lanes {
         let rows = lane_next.query_map(
             params![lane.source, lane.action, held.len() as i64 + 1],
