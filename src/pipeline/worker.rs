@@ -205,16 +205,7 @@ impl WorkerPool {
                 error,
             })
         };
-        let mut c = JobCompletion {
-            job_id: job.job_id,
-            message_id: job.message_id.clone(),
-            attempt: None,
-            next: JobNext::Done,
-            set_intent: None,
-            set_conversation: None,
-            follow_ups: Vec::new(),
-            now,
-        };
+        let mut c = JobCompletion::done(job, now);
         match result {
             Ok(out) => {
                 let outcome = if out.skipped.is_some() {

@@ -151,6 +151,22 @@ pub struct JobCompletion {
     pub now: Millis,
 }
 
+impl JobCompletion {
+    /// `job` finished with nothing to record yet; callers fill in the rest.
+    pub fn done(job: &ClaimedJob, now: Millis) -> Self {
+        Self {
+            job_id: job.job_id,
+            message_id: job.message_id.clone(),
+            attempt: None,
+            next: JobNext::Done,
+            set_intent: None,
+            set_conversation: None,
+            follow_ups: Vec::new(),
+            now,
+        }
+    }
+}
+
 /// A rejected request as the rejections log keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rejection {

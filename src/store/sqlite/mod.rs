@@ -394,7 +394,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::{Channel, InboundMessage, MessageId};
-    use crate::store::{JobCompletion, JobNext, Lane};
+    use crate::store::{JobCompletion, Lane};
 
     fn message(guid: &str) -> InboundMessage {
         InboundMessage {
@@ -483,16 +483,7 @@ mod tests {
     }
 
     fn done(job: &crate::store::ClaimedJob) -> JobCompletion {
-        JobCompletion {
-            job_id: job.job_id,
-            message_id: job.message_id.clone(),
-            attempt: None,
-            next: JobNext::Done,
-            set_intent: None,
-            set_conversation: None,
-            follow_ups: Vec::new(),
-            now: now_millis(),
-        }
+        JobCompletion::done(job, now_millis())
     }
 
     #[tokio::test]

@@ -1,15 +1,14 @@
 //! The single SQLite writer and its group commit.
 //!
 //! One OS thread owns the write connection. Callers send an [`Op`] with a
-//! oneshot reply; the thread takes the first op, drains whatever else is
-//! queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
-//! transaction, each inside its own savepoint so one failing op does not
-//! sink the others, and commits once. The commit does not wait for the
-//! disk: the batch's answers go to the [`Syncer`], which fsyncs the WAL and
-//! only then answers every caller, while this thread already runs the next
-//! batch. Whatever queues while one batch runs becomes the next batch, so
-//! the work and the fsync are both shared by every request that arrived
-//! meanwhile.
+//! oneshot reply; the thread drains whatever is queued (up to
+//! [`MAX_BATCH`] ops, a round) and runs it inside the open `BEGIN
+//! IMMEDIATE` transaction. The transaction commits when the disk is free
+//! for the next fsync, taking in further rounds until then. The commit
+//! does not wait for the disk: its answers go to the [`Syncer`], which
+//! fsyncs the WAL and only then answers every caller, while this thread
+//! already runs the next round. So each fsync is shared by every request
+//! that arrived meanwhile, and no op waits for a commit to start.
 
 use std::sync::Arc;
 
@@ -250,9 +249,10 @@ impl Writer {
             // the transaction stays open and takes in whatever arrives, so
             // there is one commit (and one rewrite of each page it touches)
             // per fsync, and no op waits for a commit to start running.
-            // Bookkeeping alone (claims, completions) lingers a little for
-            // company: each commit rewrites whole pages, and committing every
-            // completion on its own wrote ~3x the bytes per message.
+            // Bookkeeping alone (finished jobs, reply outcomes, pruning)
+            // lingers a little for company: each commit rewrites whole
+            // pages, and committing every completion on its own wrote about
+            // 40 % more bytes per message at 1,000/s (BENCHMARKS.md).
             let mut wait = None;
             if let Some(o) = open.take() {
                 let disk_free = self.syncer.idle() || o.ops >= MAX_OPEN_OPS;
@@ -325,8 +325,12 @@ impl Writer {
         };
         let outcomes = match attempt {
             Ok(outcomes) => outcomes,
-            Err(Aborted::Op) => unreachable!("ops run isolated cannot abort the round"),
-            Err(Aborted::Batch(e)) => {
+            Err(failed) => {
+                let e = match failed {
+                    Aborted::Batch(e) => e,
+                    // Isolated ops fail alone; never seen, handled anyway.
+                    Aborted::Op => StoreError::Internal("an isolated op aborted its round".into()),
+                };
                 tracing::warn!(error = %e, ops = ops.len() + open.done.len(), "Store transaction failed.");
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
