@@ -39,6 +39,8 @@ pub struct WorkerPool {
     store: Arc<dyn Store>,
     actions: Actions,
     settings: WorkerSettings,
+    /// `inlet_stage_seconds{stage="action"}`, registered once.
+    action_seconds: metrics::Histogram,
 }
 
 impl WorkerPool {
@@ -47,6 +49,7 @@ impl WorkerPool {
             store,
             actions,
             settings,
+            action_seconds: metrics::histogram!("inlet_stage_seconds", "stage" => "action"),
         }
     }
 
@@ -163,8 +166,7 @@ impl WorkerPool {
             }
         };
         let elapsed = started.elapsed();
-        metrics::histogram!("inlet_stage_seconds", "stage" => "action")
-            .record(elapsed.as_secs_f64());
+        self.action_seconds.record(elapsed.as_secs_f64());
         let completion = self.decide(&job, result, elapsed);
         if matches!(completion.next, JobNext::Defer { .. }) {
             metrics::counter!("inlet_job_deferrals_total", "action" => job.action.clone())

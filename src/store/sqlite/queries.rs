@@ -1,11 +1,13 @@
 //! Read-side queries of the admin API, on their own connection so reads
 //! never queue behind the writer (WAL lets them run during a commit).
 
-use super::leases::Leases;
+use std::collections::HashSet;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
-use super::super::{Lane, ListQuery, OptState, Page};
+use super::super::{Lane, ListQuery, Millis, OptState, Page};
+use super::leases::Leases;
 
 /// The normalized message with what processing added since ingest.
 pub fn message_doc(doc: String, intent: Option<String>, conversation: Option<String>) -> Value {
@@ -180,28 +182,48 @@ pub fn list_dead_letters(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page
     Ok(page(items, q.limit, |v| v["id"].as_str().map(String::from)))
 }
 
-/// The next jobs of one lane, on the partial index of pending jobs.
-pub(super) const NEXT_IN_LANE: &str = "SELECT id, run_at FROM jobs
-     WHERE status = 'pending' AND source = ?1 AND action = ?2 ORDER BY run_at LIMIT ?3";
+/// Pending jobs of one lane due by a time, earliest first, on the partial
+/// index of pending jobs.
+pub(super) const LANE_DUE: &str = "SELECT id, run_at FROM jobs
+     WHERE status = 'pending' AND source = ?1 AND action = ?2 AND run_at <= ?3
+     ORDER BY run_at LIMIT ?4";
+
+/// Up to `n` jobs of `lane` due by `until` that no worker holds, as
+/// (run_at, id), earliest first. Leased jobs are still pending rows, so the
+/// query looks past as many as are leased.
+pub(super) fn unleased_due(
+    c: &Connection,
+    lane: &Lane,
+    until: Millis,
+    n: usize,
+    held: &HashSet<i64>,
+) -> rusqlite::Result<Vec<(Millis, i64)>> {
+    let mut due = c.prepare_cached(LANE_DUE)?;
+    let rows = due.query_map(
+        params![lane.source, lane.action, until, (n + held.len()) as i64],
+        |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(0)?)),
+    )?;
+    let mut out = Vec::with_capacity(n);
+    for row in rows {
+        let (run_at, id) = row?;
+        if !held.contains(&id) {
+            out.push((run_at, id));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// The earliest run time of a job not leased now in `lanes`, or the
 /// earliest lease end.
 pub fn next_due(c: &Connection, lanes: &[Lane], leases: &Leases) -> rusqlite::Result<Option<i64>> {
     let held = leases.ids();
     let mut due = leases.earliest_end();
-    // Leased jobs are pending rows too: look past as many as are leased.
-    let mut lane_next = c.prepare_cached(NEXT_IN_LANE)?;
     for lane in lanes {
-        let rows = lane_next.query_map(
-            params![lane.source, lane.action, held.len() as i64 + 1],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )?;
-        for row in rows {
-            let (id, run_at) = row?;
-            if !held.contains(&id) {
-                due = Some(due.map_or(run_at, |d| d.min(run_at)));
-                break;
-            }
+        if let Some((run_at, _)) = unleased_due(c, lane, Millis::MAX, 1, &held)?.first() {
+            due = Some(due.map_or(*run_at, |d| d.min(*run_at)));
         }
     }
     Ok(due)

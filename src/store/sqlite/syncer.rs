@@ -84,6 +84,7 @@ fn run(
     unsynced: Arc<AtomicUsize>,
     writer: WeakSender<Op>,
 ) {
+    let fsync_seconds = metrics::histogram!("inlet_stage_seconds", "stage" => "fsync");
     let mut batches = Vec::new();
     while let Ok(first) = rx.recv() {
         batches.push(first);
@@ -93,8 +94,7 @@ fn run(
         let taken = batches.len();
         let started = Instant::now();
         let synced = wal.sync_data();
-        metrics::histogram!("inlet_stage_seconds", "stage" => "fsync")
-            .record(started.elapsed().as_secs_f64());
+        fsync_seconds.record(started.elapsed().as_secs_f64());
         if unsynced.fetch_sub(taken, Ordering::AcqRel) == taken
             && let Some(w) = writer.upgrade()
         {

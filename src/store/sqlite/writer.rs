@@ -162,6 +162,13 @@ pub struct Writer {
     leases: Arc<Leases>,
     /// Lease changes of the round being run, taken back if it fails.
     round_undo: Vec<Undo>,
+    metrics: WriterMetrics,
+}
+
+/// Registered once, not looked up per commit.
+struct WriterMetrics {
+    commit_seconds: metrics::Histogram,
+    batch_ops: metrics::Histogram,
 }
 
 pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
@@ -186,15 +193,16 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn failed(&self) -> bool {
+    /// The op's error, if it failed.
+    fn error(&self) -> Option<&StoreError> {
         match self {
-            Outcome::Ingest(r) => r.is_err(),
-            Outcome::Claim(r) => r.is_err(),
-            Outcome::Complete(r) => r.is_err(),
-            Outcome::Unit(r) => r.is_err(),
-            Outcome::Count(r) => r.is_err(),
-            Outcome::Replay(r) => r.is_err(),
-            Outcome::ReplyClaim(r) => r.is_err(),
+            Outcome::Ingest(r) => r.as_ref().err(),
+            Outcome::Claim(r) => r.as_ref().err(),
+            Outcome::Complete(r) => r.as_ref().err(),
+            Outcome::Unit(r) => r.as_ref().err(),
+            Outcome::Count(r) => r.as_ref().err(),
+            Outcome::Replay(r) => r.as_ref().err(),
+            Outcome::ReplyClaim(r) => r.as_ref().err(),
         }
     }
 }
@@ -226,6 +234,10 @@ impl Writer {
             syncer,
             leases,
             round_undo: Vec::new(),
+            metrics: WriterMetrics {
+                commit_seconds: metrics::histogram!("inlet_stage_seconds", "stage" => "commit"),
+                batch_ops: metrics::histogram!("inlet_commit_batch_ops"),
+            },
         }
     }
 
@@ -255,7 +267,7 @@ impl Writer {
             // 40 % more bytes per message at 1,000/s (BENCHMARKS.md).
             let mut wait = None;
             if let Some(o) = open.take() {
-                let disk_free = self.syncer.idle() || o.ops >= MAX_OPEN_OPS;
+                let disk_free = self.syncer.idle() || o.done.len() >= MAX_OPEN_OPS;
                 let lingered = o.started.elapsed();
                 if disk_free && (o.urgent || lingered >= BOOKKEEPING_LINGER) {
                     self.commit(o);
@@ -350,7 +362,6 @@ impl Writer {
             account(op, outcome, &mut open);
         }
         open.undo.append(&mut self.round_undo);
-        open.ops += ops.len();
         open.urgent |= ops.iter().any(Op::urgent);
         open.done.extend(
             ops.drain(..)
@@ -378,10 +389,10 @@ impl Writer {
                 // full, I/O error): nothing of it stands.
                 return Err(Aborted::Batch(StoreError::Unavailable(format!(
                     "the transaction was rolled back: {}",
-                    error_of(&outcome).unwrap_or_default()
+                    outcome.error().map(|e| e.to_string()).unwrap_or_default()
                 ))));
             }
-            match (outcome.failed(), isolate) {
+            match (outcome.error().is_some(), isolate) {
                 (true, false) => {
                     exec(conn, "ROLLBACK TO round").map_err(batch_err)?;
                     exec(conn, "RELEASE round").map_err(batch_err)?;
@@ -403,7 +414,7 @@ impl Writer {
     /// Commits the open transaction and hands its answers to the syncer.
     fn commit(&mut self, mut o: Open) {
         if let Err(e) = exec(&self.conn, "COMMIT") {
-            tracing::warn!(error = %e, ops = o.ops, "Store commit failed.");
+            tracing::warn!(error = %e, ops = o.done.len(), "Store commit failed.");
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
@@ -426,9 +437,10 @@ impl Writer {
         if o.wake {
             self.work.notify_one();
         }
-        metrics::histogram!("inlet_stage_seconds", "stage" => "commit")
+        self.metrics
+            .commit_seconds
             .record(o.started.elapsed().as_secs_f64());
-        metrics::histogram!("inlet_commit_batch_ops").record(o.ops as f64);
+        self.metrics.batch_ops.record(o.done.len() as f64);
         self.syncer.settle(o.done);
     }
 }
@@ -444,7 +456,6 @@ const BOOKKEEPING_LINGER: std::time::Duration = std::time::Duration::from_millis
 /// The transaction being filled while the previous commit is fsynced.
 struct Open {
     done: Vec<Done>,
-    ops: usize,
     /// Lease changes made by it, taken back if it fails.
     undo: Vec<Undo>,
     /// Some caller waits on this commit in the request path.
@@ -459,7 +470,6 @@ impl Open {
     fn new() -> Self {
         Self {
             done: Vec::new(),
-            ops: 0,
             undo: Vec::new(),
             urgent: false,
             delta: QueueCounts::default(),
@@ -476,19 +486,6 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
         .and_then(|mut s| s.execute([]))
         .map(drop)
         .map_err(map_err)
-}
-
-fn error_of(o: &Outcome) -> Option<String> {
-    let e = |r: Result<(), &StoreError>| r.err().map(|e| e.to_string());
-    match o {
-        Outcome::Ingest(r) => e(r.as_ref().map(drop)),
-        Outcome::Claim(r) => e(r.as_ref().map(drop)),
-        Outcome::Complete(r) => e(r.as_ref().map(drop)),
-        Outcome::Unit(r) => e(r.as_ref().map(drop)),
-        Outcome::Count(r) => e(r.as_ref().map(drop)),
-        Outcome::Replay(r) => e(r.as_ref().map(drop)),
-        Outcome::ReplyClaim(r) => e(r.as_ref().map(drop)),
-    }
 }
 
 /// Runs one op's statements inside the open transaction; lease changes go
@@ -707,11 +704,6 @@ fn insert_event(
     Ok(())
 }
 
-/// Due jobs of one lane, on the partial index of pending jobs.
-pub(super) const CLAIM_DUE: &str = "SELECT id, run_at FROM jobs
-     WHERE status = 'pending' AND source = ?1 AND action = ?2 AND run_at <= ?3
-     ORDER BY run_at LIMIT ?4";
-
 /// Leases due jobs: those whose lease ran out (their worker died or hung)
 /// first, then pending ones whose time has come, earliest first, lane by
 /// lane. Returns the jobs and how many were not leased before (for the
@@ -730,23 +722,16 @@ fn claim(
         .map(|id| (id, false))
         .collect();
     let room = limit.saturating_sub(picked.len());
-    // Leased jobs are still `pending` rows: ask for as many more as are
-    // leased and skip them. Index-friendly: one lane at a time on the
-    // partial index of pending jobs.
     let held = leases.ids();
-    let mut due = c.prepare_cached(CLAIM_DUE)?;
     let mut candidates = Vec::new();
     for lane in lanes.iter().filter(|l| l.limit > 0 && room > 0) {
-        let n = (lane.limit.min(room) + held.len()) as i64;
-        let rows = due.query_map(params![lane.source, lane.action, now, n], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (id, run_at) = row?;
-            if !held.contains(&id) {
-                candidates.push((run_at, id));
-            }
-        }
+        candidates.extend(super::queries::unleased_due(
+            c,
+            lane,
+            now,
+            lane.limit.min(room),
+            &held,
+        )?);
     }
     candidates.sort_unstable();
     picked.extend(candidates.into_iter().take(room).map(|(_, id)| (id, true)));
