@@ -11,14 +11,16 @@
 //!
 //! Nothing is answered before the fsync that covers it, claims and reply
 //! markers included, so no caller (HTTP client or worker) ever acts on a
-//! write the disk does not hold. SQLite's own guarantees for NORMAL (the
+//! write the disk does not hold. (A transaction that wrote nothing, such
+//! as a claim, skips this thread when no earlier commit awaits its fsync:
+//! what it read is on disk already.) SQLite's own guarantees for NORMAL (the
 //! database stays consistent; the WAL is synced before each checkpoint)
 //! are unchanged.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -40,7 +42,12 @@ impl Syncer {
     /// for as long as any connection is open. `writer` hears [`Op::Synced`]
     /// whenever every batch handed over is on disk (weak: the writer still
     /// ends when its last real sender goes).
-    pub fn spawn(db: &Path, writer: WeakSender<Op>) -> Result<Self, StoreError> {
+    /// `fsyncs` counts the calls made.
+    pub fn spawn(
+        db: &Path,
+        writer: WeakSender<Op>,
+        fsyncs: Arc<AtomicU64>,
+    ) -> Result<Self, StoreError> {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         let wal = File::open(&wal).map_err(|e| {
@@ -51,7 +58,7 @@ impl Syncer {
         let counter = unsynced.clone();
         std::thread::Builder::new()
             .name("inlet-sqlite-sync".into())
-            .spawn(move || run(wal, rx, counter, writer))
+            .spawn(move || run(wal, rx, counter, writer, fsyncs))
             .map_err(|e| StoreError::Internal(format!("cannot start the sync thread: {e}")))?;
         Ok(Self { tx, unsynced })
     }
@@ -83,6 +90,7 @@ fn run(
     rx: mpsc::Receiver<Vec<Done>>,
     unsynced: Arc<AtomicUsize>,
     writer: WeakSender<Op>,
+    fsyncs: Arc<AtomicU64>,
 ) {
     let fsync_seconds = metrics::histogram!("inlet_stage_seconds", "stage" => "fsync");
     let mut batches = Vec::new();
@@ -94,6 +102,7 @@ fn run(
         let taken = batches.len();
         let started = Instant::now();
         let synced = wal.sync_data();
+        fsyncs.fetch_add(1, Ordering::Relaxed);
         fsync_seconds.record(started.elapsed().as_secs_f64());
         if unsynced.fetch_sub(taken, Ordering::AcqRel) == taken
             && let Some(w) = writer.upgrade()
