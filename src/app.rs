@@ -35,14 +35,16 @@ impl App {
         // The recorder first: metric handles made before it would record nowhere.
         let metrics = crate::telemetry::metrics_handle();
         let store: Arc<dyn Store> = match config.sqlite_path() {
-            Some(path) => Arc::new(
-                SqliteStore::open(
+            Some(path) => {
+                let store = SqliteStore::open(
                     &path,
                     config.store.busy_timeout.0,
                     config.store.max_rejections,
                 )
-                .with_context(|| format!("opening the store at {}", path.display()))?,
-            ),
+                .with_context(|| format!("opening the store at {}", path.display()))?;
+                store.set_max_backlog(config.store.max_backlog);
+                Arc::new(store)
+            }
             None => anyhow::bail!(
                 "store.url {:?} is not supported by this build",
                 config.store.url
@@ -149,7 +151,7 @@ impl App {
     /// in-flight requests, gives running jobs `server.shutdown_grace`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let grace = self.config.server.shutdown_grace.0;
-        let workers = tokio::spawn(self.pool.clone().run_until_stopped(shutdown.clone(), grace));
+        let workers = spawn_pipeline(self.pool.clone(), shutdown.clone(), grace)?;
         let housekeeping = tokio::spawn(prune_loop(
             self.state.store.clone(),
             self.config.store.dedup_window.0,
@@ -176,6 +178,34 @@ impl App {
         tracing::info!("Stopped.");
         Ok(())
     }
+}
+
+/// Runs the worker pool on a runtime of its own, whose threads run at
+/// background priority (see `priority`): jobs never delay an ACK for a
+/// core. Resolves when the pool has stopped.
+fn spawn_pipeline(
+    pool: WorkerPool,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("inlet-pipeline")
+        .on_thread_start(crate::priority::lower_this_thread)
+        .enable_all()
+        .build()
+        .context("starting the pipeline runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("inlet-pipeline".into())
+        .spawn(move || {
+            rt.block_on(pool.run_until_stopped(shutdown, grace));
+            // Outbound connections live on this runtime: it ends with the pool.
+            drop(rt);
+            let _ = done_tx.send(());
+        })
+        .context("starting the pipeline thread")?;
+    Ok(done_rx)
 }
 
 async fn prune_loop(

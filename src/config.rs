@@ -71,6 +71,9 @@ pub struct StoreConfig {
     pub busy_timeout: Dur,
     /// The rejections log keeps at most this many entries.
     pub max_rejections: u64,
+    /// Messages acknowledged (in the journal) but not yet stored in SQLite,
+    /// at most; past it, ingest answers 503 until SQLite catches up.
+    pub max_backlog: u64,
 }
 
 impl Default for StoreConfig {
@@ -81,6 +84,7 @@ impl Default for StoreConfig {
             retention: Dur(Duration::from_secs(30 * 86400)),
             busy_timeout: Dur(Duration::from_secs(5)),
             max_rejections: 10_000,
+            max_backlog: 1_000_000,
         }
     }
 }

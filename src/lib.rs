@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod pipeline;
+pub mod priority;
 pub mod providers;
 pub mod store;
 pub mod telemetry;

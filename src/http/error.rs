@@ -84,6 +84,14 @@ impl From<StoreError> for ApiError {
                     "the store could not commit; nothing was acknowledged, retry later",
                 )
             }
+            StoreError::Backlogged(waiting) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "{waiting} acknowledged messages are waiting for the database \
+                     (store.max_backlog); nothing was acknowledged, retry later"
+                ),
+            ),
             StoreError::NotFound => Self::not_found("resource"),
             StoreError::Internal(cause) => {
                 tracing::error!(error = %cause, "Internal store error.");

@@ -9,6 +9,9 @@ pub struct QueueGauges {
     pending: AtomicI64,
     in_flight: AtomicI64,
     dead: AtomicI64,
+    /// Accepted messages still in the journal only: their `classify` jobs
+    /// are pending work too, not yet rows.
+    journaled: AtomicI64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -21,7 +24,8 @@ pub struct QueueCounts {
 impl QueueGauges {
     pub fn snapshot(&self) -> QueueCounts {
         QueueCounts {
-            pending: self.pending.load(Ordering::Relaxed).max(0),
+            pending: self.pending.load(Ordering::Relaxed).max(0)
+                + self.journaled.load(Ordering::Relaxed).max(0),
             in_flight: self.in_flight.load(Ordering::Relaxed).max(0),
             dead: self.dead.load(Ordering::Relaxed).max(0),
         }
@@ -33,6 +37,12 @@ impl QueueGauges {
         self.dead.store(c.dead, Ordering::Relaxed);
     }
 
+    /// Messages entering (+) or leaving (-) the journal-only backlog.
+    pub fn add_journaled(&self, n: i64) {
+        self.journaled.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds a change of the rows' counts (the journal's backlog is apart).
     pub fn add(&self, d: QueueCounts) {
         self.pending.fetch_add(d.pending, Ordering::Relaxed);
         self.in_flight.fetch_add(d.in_flight, Ordering::Relaxed);

@@ -235,6 +235,10 @@ pub enum StoreError {
     /// The store could not commit (locked, busy, disk full, gone).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Too many acknowledged messages wait for the database
+    /// (`store.max_backlog`): new ones are refused until it catches up.
+    #[error("{0} acknowledged messages wait to be stored (store.max_backlog)")]
+    Backlogged(u64),
     #[error("not found")]
     NotFound,
     #[error("store error: {0}")]

@@ -101,9 +101,12 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_runs_none_twic
 
 #[tokio::test]
 async fn health_answers_while_another_connection_holds_the_database_locked() {
-    let app = TestApp::spawn(
-        &config_with("").replace("busy_timeout = \"500ms\"", "busy_timeout = \"4s\""),
-    )
+    // Acknowledged messages wait in the journal while SQLite is locked, up
+    // to `store.max_backlog` of them; past that, ingest is refused.
+    let app = TestApp::spawn(&config_with("").replace(
+        "busy_timeout = \"500ms\"",
+        "busy_timeout = \"200ms\"\nmax_backlog = 2",
+    ))
     .await;
     assert_eq!(
         app.post_json("sms", &sms("before", "hi").to_string())
@@ -125,21 +128,18 @@ async fn health_answers_while_another_connection_holds_the_database_locked() {
     });
     locked_rx.recv().unwrap();
 
-    // An ingest now waits for the lock inside the store...
-    let stuck = {
-        let (client, url) = (app.client.clone(), app.url("/hooks/sms"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(sms("during", "hi").to_string())
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    // ...while /health, which never touches the store, answers at once
-    // (well inside the store's 4 s busy timeout).
+    // Durable in the journal: acknowledged although SQLite cannot take them.
+    for guid in ["during-1", "during-2"] {
+        let (status, body) = app.post_json("sms", &sms(guid, "hi").to_string()).await;
+        assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
+    }
+    // Dedup holds for messages only the journal has.
+    let (_, dup) = app
+        .post_json("sms", &sms("during-1", "hi").to_string())
+        .await;
+    assert_eq!(dup["duplicates"], 1, "{dup}");
+
+    // /health never touches the store: it answers, and counts the backlog.
     let h = app
         .client
         .get(app.url("/health"))
@@ -151,21 +151,47 @@ async fn health_answers_while_another_connection_holds_the_database_locked() {
     let h: serde_json::Value = h.json().await.unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["workers"], 16);
+    assert_eq!(h["queue"]["pending"], 2, "{h}");
 
-    // The stuck ingest is refused, not acknowledged, once the wait runs out.
-    let r = stuck.await.unwrap();
+    // The backlog is full: refused with 503 and Retry-After, not acknowledged.
+    let r = app
+        .client
+        .post(app.url("/hooks/sms"))
+        .header("content-type", "application/json")
+        .body(sms("during-3", "hi").to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_backlog"),
+        "{body}"
+    );
     assert_eq!(app.ready_status().await, 503);
 
     release_tx.send(()).unwrap();
     holder.join().unwrap();
-    let (status, resp) = app.post_json("sms", &sms("during", "hi").to_string()).await;
+    app.wait_idle().await;
+    assert_eq!(app.ready_status().await, 200);
+    let (status, resp) = app
+        .post_json("sms", &sms("during-3", "hi").to_string())
+        .await;
     assert_eq!(status, 200);
     assert_eq!(resp["accepted"], 1, "the refused message was not stored");
-    assert_eq!(app.ready_status().await, 200);
+    app.wait_idle().await;
+    let stored: Vec<String> = app
+        .all_messages()
+        .await
+        .iter()
+        .map(|m| m["external_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, ["during-3", "during-2", "during-1", "before"]);
 }
 
 #[tokio::test]

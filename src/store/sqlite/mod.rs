@@ -1,15 +1,22 @@
-//! The embedded store: one SQLite file in WAL mode, a single writer
-//! thread that group-commits ([`writer`]), a sync thread that makes each
-//! commit durable before anyone hears of it ([`syncer`]), job leases in
-//! memory ([`leases`]), and a read connection for the admin API
+//! The embedded store. Ingest is acknowledged from an append-only journal
+//! next to the database ([`journal`], [`ingest`]: dedup in memory
+//! ([`dedup`]), one append and one `fdatasync` per group of requests);
+//! the records are then stored in one SQLite file in WAL mode by a single
+//! writer thread that group-commits ([`writer`]), with a sync thread that
+//! makes each commit durable before anyone hears of it ([`syncer`]), job
+//! leases in memory ([`leases`]), and a read connection for the admin API
 //! ([`queries`]).
 //!
 //! SQLite serves one process: a lock file next to the database keeps a
 //! second `inlet` off it. That is what lets leases live in memory, and why,
 //! at open, jobs an older version left `running` are released at once.
 
+mod dedup;
+mod ingest;
+mod journal;
 mod leases;
 mod queries;
+mod record;
 mod syncer;
 mod writer;
 
@@ -28,6 +35,9 @@ use super::{
     ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, Lane, ListQuery, Millis, OptState, Page,
     QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
 };
+use dedup::DedupIndex;
+use ingest::{Applier, IngestReply, Journal, Progress};
+use journal::{JournalReader, JournalWriter};
 use leases::Leases;
 use syncer::Syncer;
 use writer::{Op, Writer, map_err};
@@ -37,6 +47,9 @@ use writer::{Op, Writer, map_err};
 const QUEUE_DEPTH: usize = 16 * 1024;
 
 pub struct SqliteStore {
+    /// The journal thread: every ingest goes there.
+    journal: mpsc::Sender<(IngestBatch, IngestReply)>,
+    progress: Arc<Progress>,
     tx: mpsc::Sender<Op>,
     reader: Arc<Mutex<Connection>>,
     gauges: Arc<QueueGauges>,
@@ -81,6 +94,68 @@ fn open_conn(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite
         true,
     )?;
     Ok(conn)
+}
+
+/// `store.max_backlog` when none is set.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1_000_000;
+
+/// How long an admin read waits for SQLite to catch up with the journal.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// Stores the journal's records past the applied position (a crash or stop
+/// came before SQLite had them), in transactions of a few thousand
+/// messages, each synced (`conn` still runs `synchronous=FULL`). Returns
+/// the journal's end and how many messages were stored.
+fn replay(conn: &Connection, dir: &Path) -> Result<(u64, usize), StoreError> {
+    let from = writer::applied_position(conn).map_err(map_err)?;
+    let mut entries = Vec::new();
+    let mut stored = 0;
+    let mut flush = |entries: &mut Vec<record::Entry>, upto: u64| -> Result<(), StoreError> {
+        let tx = conn.unchecked_transaction().map_err(map_err)?;
+        stored += writer::apply(&tx, entries, upto).map_err(map_err)?.accepted;
+        tx.commit().map_err(map_err)?;
+        entries.clear();
+        Ok(())
+    };
+    let mut failed = None;
+    let end = journal::scan(dir, from, |rec| {
+        match record::Entry::decode(rec.body) {
+            Ok(e) => entries.push(e),
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if entries.len() >= 1024
+            && let Err(e) = flush(&mut entries, rec.end)
+        {
+            failed = Some(e);
+            return Err(std::io::Error::other("replay stopped"));
+        }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let end = end.map_err(|e| {
+        StoreError::Unavailable(format!("cannot read the journal in {}: {e}", dir.display()))
+    })?;
+    if !entries.is_empty() || end != from {
+        flush(&mut entries, end)?;
+    }
+    Ok((end, stored))
+}
+
+/// The dedup keys SQLite holds, for the in-memory index.
+fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
+    let mut index = DedupIndex::default();
+    let mut stmt = conn
+        .prepare("SELECT source, key, seen_at FROM dedup")
+        .map_err(map_err)?;
+    let mut rows = stmt.query([]).map_err(map_err)?;
+    while let Some(r) = rows.next().map_err(map_err)? {
+        let (source, key): (String, String) =
+            (r.get(0).map_err(map_err)?, r.get(1).map_err(map_err)?);
+        index.load(&source, &key, r.get(2).map_err(map_err)?);
+    }
+    Ok(index)
 }
 
 /// How often the WAL is copied back into the database file.
@@ -139,6 +214,24 @@ impl SqliteStore {
             [],
         )
         .map_err(map_err)?;
+
+        // Records acknowledged before the last stop but not yet stored:
+        // stored now, before anything new is accepted.
+        let journal_dir = path.with_extension("journal");
+        let (end, replayed) = replay(&conn, &journal_dir)?;
+        if replayed > 0 {
+            tracing::info!(
+                messages = replayed,
+                "Stored the journal's backlog from the last run."
+            );
+        }
+        let journal_writer = JournalWriter::open(&journal_dir, end).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot open the journal in {}: {e}",
+                journal_dir.display()
+            ))
+        })?;
+        let index = load_dedup(&conn)?;
         let gauges = Arc::new(QueueGauges::default());
         gauges.set(writer::count_queue(&conn, 0).map_err(map_err)?);
 
@@ -149,7 +242,10 @@ impl SqliteStore {
             .name("inlet-sqlite-checkpoint".into())
             .spawn({
                 let alive = Arc::downgrade(&alive);
-                move || checkpoint_loop(checkpointer, alive)
+                move || {
+                    crate::priority::lower_this_thread();
+                    checkpoint_loop(checkpointer, alive)
+                }
             })
             .map_err(|e| {
                 StoreError::Internal(format!("cannot start the checkpoint thread: {e}"))
@@ -165,10 +261,47 @@ impl SqliteStore {
         let w = Writer::new(conn, gauges.clone(), work.clone(), syncer, leases.clone());
         std::thread::Builder::new()
             .name("inlet-sqlite-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                crate::priority::lower_this_thread();
+                w.run(rx)
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
 
+        let progress = Arc::new(Progress::new(end, DEFAULT_MAX_BACKLOG));
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        let applier = Applier {
+            reader: JournalReader::new(&journal_dir),
+            progress: progress.clone(),
+            gauges: gauges.clone(),
+            writer: tx.clone(),
+            wake: wake_rx,
+            dir: journal_dir.clone(),
+            swept: None,
+        };
+        std::thread::Builder::new()
+            .name("inlet-journal-apply".into())
+            .spawn(move || {
+                crate::priority::lower_this_thread();
+                applier.run()
+            })
+            .map_err(|e| StoreError::Internal(format!("cannot start the applier thread: {e}")))?;
+        let journal = Journal {
+            writer: journal_writer,
+            index,
+            table: open_conn(path, busy_timeout).map_err(map_err)?,
+            progress: progress.clone(),
+            gauges: gauges.clone(),
+            applier: wake_tx,
+        };
+        let (journal_tx, journal_rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("inlet-journal".into())
+            .spawn(move || journal.run(journal_rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the journal thread: {e}")))?;
+
         Ok(Self {
+            journal: journal_tx,
+            progress,
             tx,
             reader: Arc::new(Mutex::new(reader)),
             gauges,
@@ -180,6 +313,23 @@ impl SqliteStore {
             _alive: alive,
             _lock: lock,
         })
+    }
+
+    /// How many acknowledged messages may wait in the journal for SQLite
+    /// (`store.max_backlog`); past it, ingest answers 503.
+    pub fn set_max_backlog(&self, n: u64) {
+        self.progress.max_backlog.store(n, Ordering::Relaxed);
+    }
+
+    /// Waits (bounded) until SQLite holds everything acknowledged so far,
+    /// so an admin read right after an ACK finds the message. When SQLite
+    /// is stalled the read goes ahead after [`CATCH_UP_WAIT`] and may miss
+    /// the newest messages.
+    pub async fn caught_up(&self) {
+        let target = self.progress.synced.load(Ordering::Acquire);
+        let mut applied = self.progress.applied.subscribe();
+        let reached = applied.wait_for(|p| *p >= target);
+        let _ = tokio::time::timeout(CATCH_UP_WAIT, reached).await;
     }
 
     /// How many times the WAL was fsynced since the store opened.
@@ -214,7 +364,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError> {
-        self.call(|tx| Op::Ingest(batch, tx)).await
+        let gone = || StoreError::Unavailable("the journal thread has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.journal.send((batch, tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     async fn claim(
@@ -277,6 +430,9 @@ impl Store for SqliteStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.progress.refusal(1) {
+            return Err(e);
+        }
         self.call(Op::Probe).await
     }
 
@@ -289,10 +445,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_messages(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.caught_up().await;
         self.read(move |c| queries::list_messages(c, &q)).await
     }
 
     async fn get_message(&self, id: &str) -> Result<Value, StoreError> {
+        self.caught_up().await;
         let id = id.to_string();
         self.read(move |c| queries::get_message(c, &id))
             .await?
@@ -308,6 +466,7 @@ impl Store for SqliteStore {
     }
 
     async fn replay_message(&self, id: &str, only_failed: bool) -> Result<usize, StoreError> {
+        self.caught_up().await;
         let message_id = Some(id.to_string());
         let now = now_millis();
         let n = self
@@ -405,7 +564,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::{Channel, InboundMessage, MessageId};
-    use crate::store::{JobCompletion, Lane};
+    use crate::store::{JobCompletion, Lane, ReplyClaim};
 
     fn message(guid: &str) -> InboundMessage {
         InboundMessage {
@@ -433,7 +592,9 @@ mod tests {
             now - 3_600_000,
             now,
         );
-        store.ingest(batch).await.unwrap()
+        let out = store.ingest(batch).await.unwrap();
+        store.caught_up().await;
+        out
     }
 
     async fn stored(store: &SqliteStore) -> usize {
@@ -532,7 +693,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claim_costs_no_fsync_of_its_own() {
+    async fn only_what_must_be_on_disk_waits_for_an_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
@@ -540,41 +701,139 @@ mod tests {
         let lanes = classify_lane();
         let lease = Duration::from_secs(30);
         let before = store.fsyncs();
-        // One claim that finds the job, then claims that find nothing: all
-        // read what is on disk and write nothing, so none waits for the
-        // disk or keeps it busy for the next request.
+        // Claims read and write nothing; a completion is answered at its
+        // commit (the message is safe in the journal, and a completion a
+        // power cut takes back only runs the job again).
         let claimed = store.claim(&lanes, 10, lease).await.unwrap();
         assert_eq!(claimed.len(), 1);
         for _ in 0..5 {
             assert!(store.claim(&lanes, 10, lease).await.unwrap().is_empty());
         }
-        assert_eq!(store.fsyncs(), before, "claims took fsyncs");
-        // A write still gets one, and only then is it answered.
         store.complete(done(&claimed[0])).await.unwrap();
+        assert_eq!(store.fsyncs(), before, "claims or a completion took fsyncs");
+        // A reply about to be sent is answered only once the disk holds it.
+        let id = &claimed[0].message_id;
+        assert_eq!(
+            store.begin_reply(id, "reply").await.unwrap(),
+            ReplyClaim::Proceed
+        );
         assert_eq!(store.fsyncs(), before + 1);
     }
 
     #[tokio::test]
-    async fn an_op_that_fails_inside_a_batch_fails_alone() {
+    async fn a_record_sqlite_refuses_stays_in_the_journal_until_it_is_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
-        // Two requests carrying the same message id (impossible in practice):
-        // the second insert breaks the primary key, in whatever batch.
-        let twin = message("a");
-        let mut other = message("b");
-        other.id = twin.id.clone();
+        let path = dir.path().join("inlet.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        assert_eq!(ingest(&store, "a").await.accepted, 1);
+        let other = open_conn(&path, Duration::from_secs(1)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.external_id = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        // Acknowledged from the journal although SQLite refuses the row...
         let now = now_millis();
-        let batch = |m: InboundMessage| {
-            IngestBatch::new("sms".into(), vec![m], Vec::new(), now - 3_600_000, now)
+        let batch = IngestBatch::new(
+            "sms".into(),
+            vec![message("poison")],
+            Vec::new(),
+            now - 1,
+            now,
+        );
+        assert_eq!(store.ingest(batch).await.unwrap().accepted, 1);
+        // ...other writes go on meanwhile...
+        let rejection = Rejection {
+            at: crate::domain::now_rfc3339(),
+            source: "sms".into(),
+            status: 400,
+            code: "invalid_payload".into(),
+            headers: Default::default(),
+            body: String::new(),
         };
-        let (a, b) = tokio::join!(store.ingest(batch(twin)), store.ingest(batch(other)));
-        assert!(a.is_ok() != b.is_ok(), "exactly one commits: {a:?} / {b:?}");
-        assert_eq!(stored(&store).await, 1);
-        // Nothing of the failed one stayed behind, its dedup key included.
-        let key = if a.is_ok() { "b" } else { "a" };
-        assert_eq!(ingest(&store, key).await.accepted, 1);
-        assert_eq!(store.gauges().snapshot().pending, 2);
+        store.reject(rejection).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(stored(&store).await, 1, "the refused row is not stored");
+        assert_eq!(
+            store.gauges().snapshot().pending,
+            2,
+            "but it is pending work"
+        );
+        // ...and it is stored as soon as SQLite takes it.
+        other.execute_batch("DROP TRIGGER poison").unwrap();
+        store.caught_up().await;
+        assert_eq!(stored(&store).await, 2);
+        assert_eq!(
+            ingest(&store, "poison").await.duplicates,
+            1,
+            "and its key holds"
+        );
+    }
+
+    #[tokio::test]
+    async fn records_acknowledged_before_a_crash_are_stored_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        // What a run that died before SQLite took anything leaves: a
+        // journal with two records (one torn record after them).
+        let mut w = journal::JournalWriter::open(&path.with_extension("journal"), 0).unwrap();
+        let mut buf = Vec::new();
+        for guid in ["x", "y"] {
+            let entry = record::Entry {
+                source: "sms".into(),
+                now: now_millis(),
+                messages: vec![record::Row {
+                    id: MessageId::generate().to_string(),
+                    external_id: guid.into(),
+                    dedup_key: guid.into(),
+                    contact: None,
+                    doc: serde_json::to_string(&message(guid)).unwrap(),
+                }],
+                events: Vec::new(),
+            };
+            let mut body = Vec::new();
+            entry.encode(&mut body);
+            journal::frame(&mut buf, &body);
+        }
+        w.append(&buf).unwrap();
+        w.append(&buf[..7]).unwrap();
+        drop(w);
+
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        assert_eq!(stored(&store).await, 2);
+        assert_eq!(store.gauges().snapshot().pending, 2, "their classify jobs");
+        assert_eq!(ingest(&store, "x").await.duplicates, 1);
+        assert_eq!(ingest(&store, "z").await.accepted, 1);
+        assert_eq!(stored(&store).await, 3);
+    }
+
+    #[test]
+    fn applying_a_record_twice_stores_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let entry = record::Entry {
+            source: "sms".into(),
+            now: now_millis(),
+            messages: vec![record::Row {
+                id: MessageId::generate().to_string(),
+                external_id: "g".into(),
+                dedup_key: "g".into(),
+                contact: None,
+                doc: "{}".into(),
+            }],
+            events: Vec::new(),
+        };
+        let entries = [entry];
+        assert_eq!(writer::apply(&conn, &entries, 10).unwrap().accepted, 1);
+        assert_eq!(writer::apply(&conn, &entries, 10).unwrap().accepted, 0);
+        let jobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 1);
+        assert_eq!(writer::applied_position(&conn).unwrap(), 10);
     }
 
     #[test]

@@ -105,3 +105,12 @@ CREATE TABLE IF NOT EXISTS opt_outs (
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS messages_by_contact ON messages (source, contact, id);
+
+-- How far the ingest journal (inlet.journal/) is stored here: records up
+-- to this byte position are applied. Moved in the same transaction as the
+-- rows it covers, so each record is applied exactly once.
+CREATE TABLE IF NOT EXISTS journal_state (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    applied INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO journal_state (id, applied) VALUES (1, 0);

@@ -16,12 +16,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::super::{
-    AttemptRecord, CLASSIFY, ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, JobNext, Lane,
-    Millis, QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
+    AttemptRecord, CLASSIFY, ClaimedJob, IngestOutcome, JobCompletion, JobNext, Lane, Millis,
+    QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use super::leases::{Leases, Undo};
+use super::record::{Entry, EventRow};
 use super::syncer::Syncer;
-use crate::domain::{EventId, InboundEvent};
+use crate::domain::EventId;
 
 /// A leased job as read inside the transaction; its message is parsed
 /// into JSON by the caller, off this thread (see [`RawClaim::into_job`]).
@@ -57,7 +58,13 @@ const MAX_BATCH: usize = 512;
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Op {
-    Ingest(IngestBatch, Reply<IngestOutcome>),
+    /// Journal records to store, and the journal position after them
+    /// (see `ingest.rs`). One at a time, so positions never interleave.
+    Apply {
+        entries: Vec<Entry>,
+        upto: u64,
+        reply: Reply<IngestOutcome>,
+    },
     Claim {
         lanes: Vec<Lane>,
         limit: usize,
@@ -82,6 +89,8 @@ pub enum Op {
         reply: Reply<usize>,
     },
     Probe(Reply<()>),
+    /// Answered once everything committed so far is on disk.
+    Sync(Reply<()>),
     /// From the syncer: the disk is free for the next fsync. Carries no
     /// work; it only wakes the writer to commit.
     Synced,
@@ -118,6 +127,24 @@ impl Op {
             Op::FinishReply { .. } | Op::Prune { .. } | Op::Synced => false,
             _ => true,
         }
+    }
+
+    /// Whether the caller may hear of this op only once the disk holds it.
+    /// A reply about to be sent must be (at most once), and so must what an
+    /// operator asked for. Everything else is answered at its commit and
+    /// synced within a checkpoint interval: the acknowledged messages are
+    /// in the journal already, and what a power cut could take back
+    /// (a finished job, an attempt record) only makes a job run again,
+    /// which at-least-once allows.
+    fn needs_fsync(&self) -> bool {
+        matches!(
+            self,
+            Op::BeginReply { .. }
+                | Op::Replay { .. }
+                | Op::Probe(_)
+                | Op::Sync(_)
+                | Op::FailOrphans { .. }
+        )
     }
 }
 
@@ -363,6 +390,7 @@ impl Writer {
         }
         open.undo.append(&mut self.round_undo);
         open.urgent |= ops.iter().any(Op::urgent);
+        open.durable |= ops.iter().any(Op::needs_fsync);
         open.done.extend(
             ops.drain(..)
                 .zip(outcomes)
@@ -441,6 +469,13 @@ impl Writer {
             .commit_seconds
             .record(o.started.elapsed().as_secs_f64());
         self.metrics.batch_ops.record(o.done.len() as f64);
+        if !o.durable {
+            // Answered at the commit (see `Op::needs_fsync`).
+            for d in o.done {
+                d.send();
+            }
+            return;
+        }
         if self.conn.total_changes() == o.changes_at_begin && self.syncer.idle() {
             // Nothing was written (claims only read, leases live in memory;
             // a probe only takes the write lock) and every earlier commit is
@@ -473,6 +508,8 @@ struct Open {
     undo: Vec<Undo>,
     /// Some caller waits on this commit in the request path.
     urgent: bool,
+    /// Some op in it is answered only once it is on disk.
+    durable: bool,
     delta: QueueCounts,
     wake: bool,
     recount: bool,
@@ -488,6 +525,7 @@ impl Open {
             done: Vec::new(),
             undo: Vec::new(),
             urgent: false,
+            durable: false,
             delta: QueueCounts::default(),
             wake: false,
             recount: false,
@@ -512,7 +550,7 @@ fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcom
         r.map_err(map_err)
     }
     match op {
-        Op::Ingest(batch, _) => Outcome::Ingest(run(ingest(c, batch))),
+        Op::Apply { entries, upto, .. } => Outcome::Ingest(run(apply(c, entries, *upto))),
         Op::Claim {
             lanes,
             limit,
@@ -548,7 +586,7 @@ fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcom
             action.as_deref(),
             *now,
         ))),
-        Op::Probe(_) | Op::Synced => Outcome::Unit(Ok(())),
+        Op::Probe(_) | Op::Sync(_) | Op::Synced => Outcome::Unit(Ok(())),
         Op::FailOrphans { lanes, now, .. } => Outcome::Count(run(fail_orphans(c, lanes, *now))),
         Op::BeginReply {
             message_id,
@@ -584,7 +622,7 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
         ..
     } = open;
     match (op, outcome) {
-        (Op::Ingest(..), Outcome::Ingest(Ok(o))) => {
+        (Op::Apply { .. }, Outcome::Ingest(Ok(o))) => {
             delta.pending += o.accepted as i64;
             *wake |= o.accepted > 0;
         }
@@ -621,12 +659,13 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
 /// Pairs an op's reply channel with what it produced.
 fn answer(op: Op, outcome: Outcome) -> Option<Done> {
     Some(match (op, outcome) {
-        (Op::Ingest(_, tx), Outcome::Ingest(r)) => Done::Ingest(tx, r),
+        (Op::Apply { reply, .. }, Outcome::Ingest(r)) => Done::Ingest(reply, r),
         (Op::Claim { reply, .. }, Outcome::Claim(r)) => Done::Claim(reply, r.map(|(jobs, _)| jobs)),
         (Op::Complete(_, tx), Outcome::Complete(r)) => Done::Unit(tx, r.map(drop)),
         (Op::Reject(_, _, tx), Outcome::Unit(r))
         | (Op::Prune { reply: tx, .. }, Outcome::Unit(r))
         | (Op::Probe(tx), Outcome::Unit(r))
+        | (Op::Sync(tx), Outcome::Unit(r))
         | (Op::FinishReply { reply: tx, .. }, Outcome::Unit(r)) => Done::Unit(tx, r),
         (Op::Replay { reply, .. }, Outcome::Replay(r)) => Done::Count(reply, r.map(|(n, _)| n)),
         (Op::FailOrphans { reply, .. }, Outcome::Count(r)) => Done::Count(reply, r),
@@ -644,13 +683,13 @@ fn answer(op: Op, outcome: Outcome) -> Option<Done> {
 fn fail_op(op: Op, e: &StoreError) {
     let err = || StoreError::Unavailable(e.to_string());
     match op {
-        Op::Ingest(_, tx) => drop(tx.send(Err(err()))),
+        Op::Apply { reply, .. } => drop(reply.send(Err(err()))),
         Op::Claim { reply, .. } => drop(reply.send(Err(err()))),
         Op::Complete(_, tx) => drop(tx.send(Err(err()))),
         Op::Reject(_, _, tx) => drop(tx.send(Err(err()))),
         Op::Prune { reply, .. } => drop(reply.send(Err(err()))),
         Op::Replay { reply, .. } => drop(reply.send(Err(err()))),
-        Op::Probe(tx) => drop(tx.send(Err(err()))),
+        Op::Probe(tx) | Op::Sync(tx) => drop(tx.send(Err(err()))),
         Op::FailOrphans { reply, .. } => drop(reply.send(Err(err()))),
         Op::BeginReply { reply, .. } => drop(reply.send(Err(err()))),
         Op::FinishReply { reply, .. } => drop(reply.send(Err(err()))),
@@ -658,53 +697,62 @@ fn fail_op(op: Op, e: &StoreError) {
     }
 }
 
-/// Dedup is decided here, inside the commit: a key is new when no row
-/// exists or its row is older than the window (then it is taken over).
-fn ingest(c: &Connection, b: &IngestBatch) -> Result<IngestOutcome, rusqlite::Error> {
+/// Stores journal records: the acknowledged messages with their dedup
+/// keys and `classify` jobs, the events, and the journal position they
+/// reach, all in one transaction. Dedup was decided on the journal
+/// thread; a key's row is simply taken over here (it was absent or past
+/// the window). A message already stored is skipped, so applying a record
+/// twice stores it once.
+pub(super) fn apply(
+    c: &Connection,
+    entries: &[Entry],
+    upto: u64,
+) -> Result<IngestOutcome, rusqlite::Error> {
     let mut out = IngestOutcome::default();
     let mut dedup = c.prepare_cached(
         "INSERT INTO dedup (source, key, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (source, key) DO UPDATE
-           SET message_id = excluded.message_id, seen_at = excluded.seen_at
-           WHERE dedup.seen_at < ?5",
+           SET message_id = excluded.message_id, seen_at = excluded.seen_at",
     )?;
     let mut msg = c.prepare_cached(
-        "INSERT INTO messages (id, source, external_id, contact, received_at, doc)
+        "INSERT OR IGNORE INTO messages (id, source, external_id, contact, received_at, doc)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut job = c.prepare_cached(
         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )?;
-    for (i, m) in b.messages.iter().enumerate() {
-        let id = m.id.as_str();
-        if dedup.execute(params![b.source, m.dedup_key, id, b.now, b.dedup_cutoff])? == 0 {
-            out.duplicates += 1;
-            continue;
+    for e in entries {
+        for m in &e.messages {
+            dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
+            let stored = msg.execute(params![
+                m.id,
+                e.source,
+                m.external_id,
+                m.contact,
+                e.now,
+                m.doc
+            ])?;
+            if stored == 0 {
+                continue;
+            }
+            job.execute(params![m.id, e.source, CLASSIFY, e.now])?;
+            out.accepted += 1;
+            out.accepted_ids.push(m.id.clone());
         }
-        let doc = &b.docs[i];
-        msg.execute(params![
-            id,
-            b.source,
-            m.external_id,
-            m.from.as_ref().map(|p| p.as_str()),
-            b.now,
-            doc
-        ])?;
-        job.execute(params![id, b.source, CLASSIFY, b.now])?;
-        out.accepted += 1;
-        out.accepted_ids.push(id.to_string());
+        for ev in &e.events {
+            insert_event(c, &e.source, ev, e.now)?;
+        }
     }
-    for e in &b.events {
-        insert_event(c, &b.source, e, b.now)?;
-    }
+    c.prepare_cached("UPDATE journal_state SET applied = ?1 WHERE id = 1")?
+        .execute(params![upto as i64])?;
     Ok(out)
 }
 
 fn insert_event(
     c: &Connection,
     source: &str,
-    e: &InboundEvent,
+    e: &EventRow,
     now: Millis,
 ) -> Result<(), rusqlite::Error> {
     let mut stmt = c.prepare_cached(
@@ -716,9 +764,17 @@ fn insert_event(
         e.kind,
         e.external_id,
         now,
-        e.payload.to_string()
+        e.payload
     ])?;
     Ok(())
+}
+
+/// The journal position SQLite has applied up to.
+pub(super) fn applied_position(c: &Connection) -> Result<u64, rusqlite::Error> {
+    c.query_row("SELECT applied FROM journal_state WHERE id = 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|p| p as u64)
 }
 
 /// Leases due jobs: those whose lease ran out (their worker died or hung)

@@ -1,0 +1,369 @@
+//! The ACK path of the SQLite store: dedup in memory, one append and one
+//! `fdatasync` to the journal per group of requests, then the answer.
+//! SQLite is filled from the journal afterwards, by the applier.
+//!
+//! ```text
+//! requests ─▶ journal thread: dedup (DedupIndex) ─▶ append ─▶ fdatasync ─▶ answers
+//!                                                        │ synced position
+//!                                                        ▼
+//!             applier thread: read records ─▶ writer Op::Apply (one transaction:
+//!                             rows, classify jobs, applied position) ─▶ workers woken
+//! ```
+//!
+//! The journal thread is the group commit: it takes every request queued
+//! while the previous `fdatasync` ran, decides their keys, writes their
+//! records in one `write` and syncs once, so an ACK costs what the
+//! group-commit ceiling costs plus the parse. Dedup stays exact: one
+//! thread decides every key in arrival order, against keys already in
+//! SQLite and keys journaled but not yet applied.
+//!
+//! The applier stores each record's rows and moves the applied position in
+//! the same SQLite transaction, so a record is applied exactly once, and
+//! after a crash the records past that position are applied at start-up,
+//! before anything new is accepted. Segments are deleted once applied.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::dedup::{Confirm, DedupIndex};
+use super::journal::{AppendError, JournalReader, JournalWriter, frame};
+use super::record::{Entry, EventRow, Row};
+use super::writer::{Op, map_err};
+use crate::store::{IngestBatch, IngestOutcome, Millis, QueueGauges, StoreError};
+
+pub type IngestReply = oneshot::Sender<Result<IngestOutcome, StoreError>>;
+
+/// Requests per group at most; bounds one group's write.
+const MAX_GROUP: usize = 1024;
+/// Journal bytes per SQLite transaction at most (about 1,500 messages).
+const MAX_APPLY_BYTES: usize = 1024 * 1024;
+/// Pruning of expired hashes is considered this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the journal thread, the applier and the store share.
+pub struct Progress {
+    /// Journal position of the last byte synced (acknowledged).
+    pub synced: AtomicU64,
+    /// Journal position SQLite has applied (and synced) up to.
+    pub applied: watch::Sender<u64>,
+    /// Messages journaled, not yet applied, at most (`store.max_backlog`).
+    pub max_backlog: AtomicU64,
+    /// Messages journaled, not yet applied.
+    pub backlog: AtomicU64,
+    /// The journal's end is unknown after a failed write that could not be
+    /// undone: nothing more is accepted until a restart.
+    pub broken: AtomicBool,
+}
+
+impl Progress {
+    pub fn new(end: u64, max_backlog: u64) -> Self {
+        Self {
+            synced: AtomicU64::new(end),
+            applied: watch::Sender::new(end),
+            max_backlog: AtomicU64::new(max_backlog),
+            backlog: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Why new messages cannot be acknowledged now, if they cannot.
+    /// `adding` more would join the backlog.
+    pub fn refusal(&self, adding: u64) -> Option<StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Some(StoreError::Unavailable(
+                "the journal could not be written; restart inlet".into(),
+            ));
+        }
+        let waiting = self.backlog.load(Ordering::Acquire);
+        (adding > 0 && waiting + adding > self.max_backlog.load(Ordering::Relaxed))
+            .then_some(StoreError::Backlogged(waiting))
+    }
+}
+
+/// The `dedup` table, read on the journal thread's own connection.
+struct Table<'a>(&'a Connection);
+
+impl Confirm for Table<'_> {
+    fn seen_at(&mut self, source: &str, key: &str) -> Result<Option<Millis>, StoreError> {
+        self.0
+            .prepare_cached("SELECT seen_at FROM dedup WHERE source = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row([source, key], |r| r.get(0)).optional())
+            .map_err(map_err)
+    }
+}
+
+/// The journal thread's state.
+pub struct Journal {
+    pub writer: JournalWriter,
+    pub index: DedupIndex,
+    pub table: Connection,
+    pub progress: Arc<Progress>,
+    pub gauges: Arc<QueueGauges>,
+    /// Wakes the applier after each sync.
+    pub applier: std::sync::mpsc::Sender<()>,
+}
+
+/// One request's share of a group, until the group is synced.
+struct Pending {
+    reply: IngestReply,
+    result: Result<IngestOutcome, StoreError>,
+    /// Keys taken as new, and the journal position after the record.
+    keys: Vec<(String, String)>,
+    end: u64,
+}
+
+impl Journal {
+    /// Runs until every sender is dropped.
+    pub fn run(mut self, mut rx: mpsc::Receiver<(IngestBatch, IngestReply)>) {
+        let fsync_seconds = metrics::histogram!("inlet_stage_seconds", "stage" => "journal");
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut pending: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
+        let mut buf = Vec::new();
+        let mut scratch = Vec::new();
+        let mut last_prune = Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.index.applied(*self.progress.applied.borrow());
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                self.index.prune(group[0].0.dedup_cutoff);
+            }
+            buf.clear();
+            let base = self.writer.end();
+            let mut adds = 0;
+            for (batch, reply) in group.drain(..) {
+                let (result, keys) = self.decide(batch, &mut buf, &mut scratch, &mut adds);
+                pending.push(Pending {
+                    reply,
+                    result,
+                    keys,
+                    end: base + buf.len() as u64,
+                });
+            }
+            if !buf.is_empty() {
+                let started = Instant::now();
+                let appended = self.writer.append(&buf);
+                fsync_seconds.record(started.elapsed().as_secs_f64());
+                match appended {
+                    Ok(end) => {
+                        let accepted: usize = pending
+                            .iter()
+                            .filter_map(|p| p.result.as_ref().ok())
+                            .map(|o| o.accepted)
+                            .sum();
+                        self.progress
+                            .backlog
+                            .fetch_add(accepted as u64, Ordering::AcqRel);
+                        self.gauges.add_journaled(accepted as i64);
+                        self.progress.synced.store(end, Ordering::Release);
+                        let _ = self.applier.send(());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Journal write failed; the group gets 503.");
+                        if matches!(e, AppendError::Broken(_)) {
+                            self.progress.broken.store(true, Ordering::Release);
+                        }
+                        let err = StoreError::Unavailable(e.to_string());
+                        for p in &mut pending {
+                            for (source, key) in p.keys.drain(..) {
+                                self.index.forget(&source, &key);
+                            }
+                            p.result = Err(StoreError::Unavailable(err.to_string()));
+                        }
+                    }
+                }
+            }
+            // Answered only now: a duplicate too rests on the group before
+            // it being on disk.
+            for p in pending.drain(..) {
+                if p.result.is_ok() && !p.keys.is_empty() {
+                    self.index.journaled(p.keys, p.end);
+                }
+                let _ = p.reply.send(p.result);
+            }
+        }
+    }
+
+    /// Decides one request's keys and frames its record into `buf`.
+    fn decide(
+        &mut self,
+        mut b: IngestBatch,
+        buf: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        group_adds: &mut u64,
+    ) -> (Result<IngestOutcome, StoreError>, Vec<(String, String)>) {
+        if let Some(e) = self.progress.refusal(0) {
+            return (Err(e), Vec::new());
+        }
+        let mut out = IngestOutcome::default();
+        let mut keys = Vec::new();
+        let mut rows = Vec::new();
+        let mut table = Table(&self.table);
+        for (m, doc) in b.messages.iter().zip(b.docs.iter_mut()) {
+            match self
+                .index
+                .check(&b.source, &m.dedup_key, b.now, b.dedup_cutoff, &mut table)
+            {
+                Ok(true) => {
+                    out.accepted += 1;
+                    out.accepted_ids.push(m.id.as_str().to_string());
+                    keys.push((b.source.clone(), m.dedup_key.clone()));
+                    rows.push(Row {
+                        id: m.id.as_str().to_string(),
+                        external_id: m.external_id.clone(),
+                        dedup_key: m.dedup_key.clone(),
+                        contact: m.from.as_ref().map(|p| p.as_str().to_string()),
+                        doc: std::mem::take(doc),
+                    });
+                }
+                Ok(false) => out.duplicates += 1,
+                Err(e) => {
+                    for (source, key) in keys {
+                        self.index.forget(&source, &key);
+                    }
+                    return (Err(e), Vec::new());
+                }
+            }
+        }
+        if rows.is_empty() && b.events.is_empty() {
+            return (Ok(out), keys);
+        }
+        // Duplicates and events are answered even when the backlog is full;
+        // new messages only while there is room (counting this group's).
+        if let Some(e) = self.progress.refusal(rows.len() as u64 + *group_adds) {
+            for (source, key) in keys {
+                self.index.forget(&source, &key);
+            }
+            return (Err(e), Vec::new());
+        }
+        *group_adds += rows.len() as u64;
+        let entry = Entry {
+            source: b.source,
+            now: b.now,
+            messages: rows,
+            events: b
+                .events
+                .into_iter()
+                .map(|e| EventRow {
+                    kind: e.kind,
+                    external_id: e.external_id,
+                    payload: e.payload.to_string(),
+                })
+                .collect(),
+        };
+        scratch.clear();
+        entry.encode(scratch);
+        frame(buf, scratch);
+        (Ok(out), keys)
+    }
+}
+
+/// Fills SQLite from the journal, in order, one transaction at a time.
+pub struct Applier {
+    pub reader: JournalReader,
+    pub progress: Arc<Progress>,
+    pub gauges: Arc<QueueGauges>,
+    pub writer: mpsc::Sender<Op>,
+    pub wake: std::sync::mpsc::Receiver<()>,
+    pub dir: PathBuf,
+    /// The segment the last deletion pass saw being read.
+    pub swept: Option<u64>,
+}
+
+impl Applier {
+    /// Runs until the journal thread is gone and everything synced is applied.
+    pub fn run(mut self) {
+        let mut applied = *self.progress.applied.borrow();
+        let mut retry = Duration::from_millis(10);
+        loop {
+            let synced = self.progress.synced.load(Ordering::Acquire);
+            if applied >= synced {
+                match self.wake.recv() {
+                    Ok(()) => {
+                        while self.wake.try_recv().is_ok() {}
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
+            match self.apply_once(applied, synced) {
+                Ok(end) => {
+                    applied = end;
+                    retry = Duration::from_millis(10);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?retry, "Could not store journaled messages in SQLite; they stay in the journal.");
+                    std::thread::sleep(retry);
+                    retry = (retry * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Applies the records after `from` (up to `synced`, at most
+    /// [`MAX_APPLY_BYTES`]) in one transaction; returns the new position.
+    fn apply_once(&mut self, from: u64, synced: u64) -> Result<u64, StoreError> {
+        let mut entries = Vec::new();
+        let io = |e: std::io::Error| StoreError::Internal(format!("reading the journal: {e}"));
+        let end = self
+            .reader
+            .read(from, synced, MAX_APPLY_BYTES, |rec| {
+                let entry = Entry::decode(rec.body)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                entries.push(entry);
+                Ok(())
+            })
+            .map_err(io)?;
+        if end == from {
+            return Err(StoreError::Internal(format!(
+                "no whole journal record at position {from} (synced up to {synced})"
+            )));
+        }
+        let messages: usize = entries.iter().map(|e| e.messages.len()).sum();
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the store writer has stopped".into());
+        self.writer
+            .blocking_send(Op::Apply {
+                entries,
+                upto: end,
+                reply: tx,
+            })
+            .map_err(|_| gone())?;
+        rx.blocking_recv().map_err(|_| gone())??;
+        // Applied and synced: the keys are in SQLite, the bytes are no
+        // longer needed.
+        self.progress
+            .backlog
+            .fetch_sub(messages as u64, Ordering::AcqRel);
+        self.gauges.add_journaled(-(messages as i64));
+        self.progress.applied.send_replace(end);
+        // Segments are deleted once reading has moved past them, and only
+        // after SQLite's commits are on disk (they are answered at commit).
+        let reading = self.reader.current_segment();
+        if reading != self.swept {
+            let (tx, rx) = oneshot::channel();
+            self.writer
+                .blocking_send(Op::Sync(tx))
+                .map_err(|_| gone())?;
+            rx.blocking_recv().map_err(|_| gone())??;
+            match self.reader.delete_before(end) {
+                Ok(_) => self.swept = reading,
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %self.dir.display(), "Could not delete applied journal segments.")
+                }
+            }
+        }
+        Ok(end)
+    }
+}

@@ -1,0 +1,631 @@
+//! The ingest journal's files: append-only segments of checksummed records.
+//!
+//! A request is acknowledged once its record is written here and
+//! `fdatasync`ed (see [`super::ingest`]); SQLite is filled from the journal
+//! afterwards. So this is the only write on the ACK path: bytes appended to
+//! one file, as in the group-commit ceiling of BENCHMARKS.md.
+//!
+//! Positions are byte offsets into the journal as a whole, from its first
+//! byte ever written; a segment file is named after the position of its
+//! first byte (`00000000000000012345.log`), so the segment holding any
+//! position is found by name. A record is `len: u32 LE` (never 0),
+//! `crc32: u32 LE` (of the body), then `len` bytes of body. A record never
+//! spans two segments.
+//!
+//! Segments are zero-filled to [`SEGMENT_BYTES`] before use (by a
+//! background thread, ahead of need), as PostgreSQL does with its WAL:
+//! overwriting blocks that already exist lets `fdatasync` skip the file
+//! size update and its filesystem-journal commit, about a third of its
+//! time on this machine (BENCHMARKS.md). The zeros also mark where the
+//! records end: a zero length is "nothing more here". A torn record can
+//! only be at the very end (its batch was never synced, so never
+//! acknowledged): reading stops there, and the writer zeroes it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// A segment's preallocated size; a new one starts once this is nearly used.
+pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// A new segment starts when less than this is left in the current one.
+const ROTATE_SLACK: u64 = 256 * 1024;
+/// A record body at most this large; anything larger is corruption.
+const MAX_RECORD: u32 = 256 * 1024 * 1024;
+const HEADER: usize = 8;
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+fn segment_name(start: u64) -> String {
+    format!("{start:020}.log")
+}
+
+/// The segments in `dir`, by start position.
+pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut starts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(start) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
+            starts.push(start);
+        }
+    }
+    starts.sort_unstable();
+    Ok(starts)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes zeros over `len` bytes of `file` from `offset`.
+fn zero(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
+    let end = offset + len;
+    while offset < end {
+        let n = (end - offset).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], offset)?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// A zero-filled, synced file of [`SEGMENT_BYTES`] at `path`.
+fn preallocated(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    zero(&file, 0, SEGMENT_BYTES)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Frames `body` (never empty) as one record at the end of `buf`.
+pub fn frame(buf: &mut Vec<u8>, body: &[u8]) {
+    assert!(!body.is_empty(), "a journal record is never empty");
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    buf.extend_from_slice(body);
+}
+
+/// Prepares zero-filled spare segments on its own thread, one ahead.
+struct Spares {
+    ask: mpsc::Sender<()>,
+    ready: mpsc::Receiver<io::Result<PathBuf>>,
+    /// A spare is being made or is ready.
+    asked: bool,
+}
+
+impl Spares {
+    fn start(dir: &Path) -> io::Result<Self> {
+        let (ask, asked) = mpsc::channel::<()>();
+        let (done, ready) = mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("inlet-journal-prep".into())
+            .spawn(move || {
+                crate::priority::lower_this_thread();
+                let mut n = 0u64;
+                while asked.recv().is_ok() {
+                    n += 1;
+                    let path = dir.join(format!("spare-{n}.tmp"));
+                    let made = preallocated(&path).map(|_| path);
+                    if done.send(made).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            ask,
+            ready,
+            asked: false,
+        })
+    }
+
+    /// Starts preparing the next segment, once per segment.
+    fn prepare(&mut self) {
+        if !self.asked {
+            self.asked = self.ask.send(()).is_ok();
+        }
+    }
+
+    /// The spare, if it is ready.
+    fn take(&mut self) -> Option<PathBuf> {
+        match self.ready.try_recv() {
+            Ok(made) => {
+                self.asked = false;
+                made.inspect_err(
+                    |e| tracing::warn!(error = %e, "Could not prepare a journal segment."),
+                )
+                .ok()
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Appends framed records to the last segment and makes them durable.
+pub struct JournalWriter {
+    dir: PathBuf,
+    file: File,
+    /// Position of the current segment's first byte.
+    start: u64,
+    /// Position after the last byte written (and synced: see [`Self::append`]).
+    end: u64,
+    spares: Spares,
+}
+
+impl JournalWriter {
+    /// Opens the journal in `dir` for appending at `end`, the position
+    /// [`scan`] found after the last whole record. Whatever follows `end`
+    /// in its segment (a torn record) is zeroed. When no segment holds
+    /// `end` (a new journal, or one removed), a segment starting at `end`
+    /// is created.
+    pub fn open(dir: &Path, end: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let starts = segments(dir)?;
+        if let Some(later) = starts.iter().find(|s| **s > end) {
+            // Records after `end` exist but cannot be reached: a record
+            // before them is damaged. Appending here would bury them.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the journal in {} is damaged at position {end}: segment {} follows it",
+                    dir.display(),
+                    segment_name(*later)
+                ),
+            ));
+        }
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let holder = starts.last().copied().filter(|s| {
+            std::fs::metadata(dir.join(segment_name(*s))).is_ok_and(|m| s + m.len() >= end)
+        });
+        let (start, file) = match holder {
+            Some(start) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join(segment_name(start)))?;
+                let len = file.metadata()?.len();
+                zero(&file, end - start, len - (end - start))?;
+                if len < SEGMENT_BYTES {
+                    zero(&file, len, SEGMENT_BYTES - len)?;
+                }
+                file.sync_all()?;
+                (start, file)
+            }
+            None => {
+                let file = preallocated(&dir.join(segment_name(end)))?;
+                sync_dir(dir)?;
+                (end, file)
+            }
+        };
+        let mut w = Self {
+            dir: dir.to_path_buf(),
+            file,
+            start,
+            end,
+            spares: Spares::start(dir)?,
+        };
+        w.file.seek(SeekFrom::Start(end - start))?;
+        Ok(w)
+    }
+
+    /// The position after the last record written.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Writes `records` (already framed) and `fdatasync`s them; returns the
+    /// new end. On an error nothing of it counts: what was written is
+    /// zeroed again, and if even that fails the error says so and the
+    /// writer must not be used again.
+    pub fn append(&mut self, records: &[u8]) -> Result<u64, AppendError> {
+        let before = self.end - self.start;
+        let written = self
+            .file
+            .write_all(records)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let restored = zero(&self.file, before, records.len() as u64)
+                .and_then(|()| self.file.seek(SeekFrom::Start(before)).map(drop))
+                .and_then(|()| self.file.sync_data());
+            return Err(match restored {
+                Ok(()) => AppendError::NotWritten(e),
+                Err(e2) => AppendError::Broken(format!("{e}; undoing it failed too: {e2}")),
+            });
+        }
+        self.end += records.len() as u64;
+        if self.end - self.start >= SEGMENT_BYTES / 2 {
+            // Half full: the next segment is zero-filled in the background
+            // by the time this one is.
+            self.spares.prepare();
+        }
+        if self.end - self.start + ROTATE_SLACK >= SEGMENT_BYTES {
+            // Between batches, so a record never spans segments. A failure
+            // here leaves the current segment in use (it grows past its
+            // preallocated size); it is tried again after the next batch.
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, "Could not start a new journal segment.");
+            }
+        }
+        Ok(self.end)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let path = self.dir.join(segment_name(self.end));
+        let file = match self.spares.take() {
+            Some(spare) => {
+                std::fs::rename(&spare, &path)?;
+                OpenOptions::new().read(true).write(true).open(&path)?
+            }
+            // The spare is not ready yet: a plain file works, only its
+            // syncs are slower.
+            None => OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)?,
+        };
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.start = self.end;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The batch is not in the journal; the journal is fine.
+    #[error("journal write failed: {0}")]
+    NotWritten(io::Error),
+    /// The journal's end is unknown: no further append is safe.
+    #[error("journal write failed and could not be undone: {0}")]
+    Broken(String),
+}
+
+/// Reads whole records from a position on, segment by segment.
+pub struct JournalReader {
+    dir: PathBuf,
+    /// The open segment and its start position.
+    file: Option<(u64, File)>,
+    buf: Vec<u8>,
+}
+
+/// One record read back: its body and the position after it.
+pub struct Record<'a> {
+    pub body: &'a [u8],
+    pub end: u64,
+}
+
+/// What the record at the start of a buffer is.
+enum Parsed<'a> {
+    Whole(&'a [u8], usize),
+    /// Its header or body goes past the buffer.
+    Partial(Option<usize>),
+    /// Zeros, or a checksum that does not hold: the records end here.
+    End,
+}
+
+fn parse(buf: &[u8]) -> Parsed<'_> {
+    let Some(head) = buf.get(..HEADER) else {
+        return Parsed::Partial(None);
+    };
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD {
+        return Parsed::End;
+    }
+    let total = HEADER + len as usize;
+    match buf.get(HEADER..total) {
+        None => Parsed::Partial(Some(total)),
+        Some(body) if crc32fast::hash(body) == crc => Parsed::Whole(body, total),
+        Some(_) => Parsed::End,
+    }
+}
+
+impl JournalReader {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            file: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads the whole records from `from` on, up to `upto` (about
+    /// `max_bytes` of them, but at least one when one is there), and calls
+    /// `f` on each in order. Stops at the end of the records (zeros, a torn
+    /// or damaged record); returns the position after the last record
+    /// passed to `f`.
+    pub fn read(
+        &mut self,
+        from: u64,
+        upto: u64,
+        max_bytes: usize,
+        mut f: impl FnMut(Record<'_>) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let mut pos = from;
+        'segments: while pos < upto && pos - from < max_bytes as u64 {
+            let (start, len) = self.segment_at(pos)?;
+            let offset = pos - start;
+            let room = (upto - pos)
+                .min(len.saturating_sub(offset))
+                .min(max_bytes as u64 - (pos - from));
+            let mut want = room.max(HEADER as u64).min(len.saturating_sub(offset)) as usize;
+            loop {
+                if want < HEADER {
+                    // The segment is used up to its last byte.
+                    if start != pos && self.next_segment(pos)? {
+                        continue 'segments;
+                    }
+                    break 'segments;
+                }
+                self.buf.resize(want, 0);
+                let file = &self.file.as_ref().expect("segment_at opened it").1;
+                file.read_exact_at(&mut self.buf, offset)?;
+                let mut at = 0;
+                let mut bigger = None;
+                let mut ended = false;
+                while at < self.buf.len() {
+                    match parse(&self.buf[at..]) {
+                        Parsed::Whole(body, n) => {
+                            f(Record {
+                                body,
+                                end: pos + (at + n) as u64,
+                            })?;
+                            at += n;
+                        }
+                        Parsed::Partial(need) => {
+                            if at == 0 {
+                                bigger = need;
+                            }
+                            break;
+                        }
+                        Parsed::End => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                pos += at as u64;
+                if ended || (at == 0 && bigger.is_none()) {
+                    // This segment's records end here; the next segment,
+                    // if any, starts at exactly this position.
+                    if start != pos && self.next_segment(pos)? {
+                        continue 'segments;
+                    }
+                    break 'segments;
+                }
+                match bigger {
+                    // One record larger than the window: read it whole.
+                    Some(n) if at == 0 && (n as u64) <= len - offset => want = n,
+                    Some(_) if at == 0 => break 'segments,
+                    _ => continue 'segments,
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Opens the segment holding `pos` (if not open); its start and length.
+    fn segment_at(&mut self, pos: u64) -> io::Result<(u64, u64)> {
+        let current = matches!(&self.file, Some((start, _)) if *start <= pos);
+        if !current {
+            let start = segments(&self.dir)?
+                .into_iter()
+                .rev()
+                .find(|s| *s <= pos)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no journal segment holds position {pos}"),
+                    )
+                })?;
+            self.file = Some((start, File::open(self.dir.join(segment_name(start)))?));
+        }
+        let (start, file) = self.file.as_ref().expect("just opened");
+        Ok((*start, file.metadata()?.len()))
+    }
+
+    /// Moves to the segment starting at `pos`, if there is one.
+    fn next_segment(&mut self, pos: u64) -> io::Result<bool> {
+        match File::open(self.dir.join(segment_name(pos))) {
+            Ok(f) => {
+                self.file = Some((pos, f));
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The start of the segment read last.
+    pub fn current_segment(&self) -> Option<u64> {
+        self.file.as_ref().map(|(start, _)| *start)
+    }
+
+    /// Deletes every segment that ends at or before `pos` (all of whose
+    /// records are applied), never the one holding `pos`.
+    pub fn delete_before(&mut self, pos: u64) -> io::Result<usize> {
+        let starts = segments(&self.dir)?;
+        let mut deleted = 0;
+        for pair in starts.windows(2) {
+            if pair[1] <= pos {
+                std::fs::remove_file(self.dir.join(segment_name(pair[0])))?;
+                if matches!(&self.file, Some((start, _)) if *start == pair[0]) {
+                    self.file = None;
+                }
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Walks every whole record from `from` to the end of the journal, calling
+/// `f` on each; returns the position after the last whole one. Used at
+/// start-up, before anything is appended.
+pub fn scan(
+    dir: &Path,
+    from: u64,
+    mut f: impl FnMut(Record<'_>) -> io::Result<()>,
+) -> io::Result<u64> {
+    if !dir.exists() || segments(dir)?.is_empty() {
+        return Ok(from);
+    }
+    let mut reader = JournalReader::new(dir);
+    // A position before every segment (the journal was removed, or is new
+    // next to an older database): nothing to read.
+    if reader.segment_at(from).is_err() {
+        return Ok(from);
+    }
+    let mut pos = from;
+    loop {
+        let next = reader.read(pos, u64::MAX, 8 * 1024 * 1024, &mut f)?;
+        if next == pos {
+            return Ok(pos);
+        }
+        pos = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(dir: &Path, from: u64) -> (Vec<Vec<u8>>, u64) {
+        let mut out = Vec::new();
+        let end = scan(dir, from, |r| {
+            out.push(r.body.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (out, end)
+    }
+
+    fn framed(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for b in bodies {
+            frame(&mut buf, b);
+        }
+        buf
+    }
+
+    #[test]
+    fn records_read_back_in_order_from_any_record_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 0).unwrap();
+        let first = w.append(&framed(&[b"one", b"two"])).unwrap();
+        let end = w.append(&framed(&[b"three"])).unwrap();
+        assert_eq!(end, w.end());
+        let (all, scanned) = bodies(dir.path(), 0);
+        assert_eq!(
+            all,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        assert_eq!(scanned, end);
+        let (tail, _) = bodies(dir.path(), first);
+        assert_eq!(tail, vec![b"three".to_vec()]);
+        // Segments are written over zeros, never grown.
+        let seg = dir.path().join(segment_name(0));
+        assert_eq!(std::fs::metadata(seg).unwrap().len(), SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn a_torn_tail_is_not_read_and_is_zeroed_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 0).unwrap();
+        let end = w.append(&framed(&[b"kept"])).unwrap();
+        drop(w);
+        // A crash in the middle of the next write: half a record.
+        let seg = dir.path().join(segment_name(0));
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&framed(&[b"never acknowledged"])[..10], end)
+            .unwrap();
+        let (all, scanned) = bodies(dir.path(), 0);
+        assert_eq!((all, scanned), (vec![b"kept".to_vec()], end));
+
+        let mut w = JournalWriter::open(dir.path(), scanned).unwrap();
+        let mut tail = [1u8; 10];
+        let f = File::open(&seg).unwrap();
+        f.read_exact_at(&mut tail, end).unwrap();
+        assert_eq!(tail, [0; 10], "the torn bytes are gone");
+        w.append(&framed(&[b"next"])).unwrap();
+        let (all, _) = bodies(dir.path(), 0);
+        assert_eq!(all, vec![b"kept".to_vec(), b"next".to_vec()]);
+    }
+
+    #[test]
+    fn a_flipped_byte_ends_the_readable_journal_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 0).unwrap();
+        let first = w.append(&framed(&[b"good"])).unwrap();
+        let end = w.append(&framed(&[b"bad!"])).unwrap();
+        let seg = dir.path().join(segment_name(0));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let mut last = [0u8];
+        f.read_exact_at(&mut last, end - 1).unwrap();
+        f.write_all_at(&[last[0] ^ 0x20], end - 1).unwrap();
+        let (all, scanned) = bodies(dir.path(), 0);
+        assert_eq!((all, scanned), (vec![b"good".to_vec()], first));
+    }
+
+    #[test]
+    fn segments_rotate_and_applied_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 0).unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES - ROTATE_SLACK) as usize];
+        let first = w.append(&framed(&[&big])).unwrap();
+        let end = w.append(&framed(&[b"in the second segment"])).unwrap();
+        assert_eq!(segments(dir.path()).unwrap(), vec![0, first]);
+        let mut r = JournalReader::new(dir.path());
+        let mut seen = Vec::new();
+        let mut pos = 0;
+        while pos < end {
+            let next = r
+                .read(pos, end, 1024, |rec| {
+                    seen.push(rec.body.len());
+                    Ok(())
+                })
+                .unwrap();
+            assert!(next > pos, "no progress at {pos}");
+            pos = next;
+        }
+        assert_eq!(seen, vec![big.len(), 21]);
+        assert_eq!(r.delete_before(first - 1).unwrap(), 0);
+        assert_eq!(r.delete_before(first).unwrap(), 1);
+        assert_eq!(segments(dir.path()).unwrap(), vec![first]);
+        // Reopening after the deletion appends to the live segment.
+        drop(w);
+        let mut w = JournalWriter::open(dir.path(), end).unwrap();
+        w.append(&framed(&[b"more"])).unwrap();
+        let (all, _) = bodies(dir.path(), first);
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn a_position_past_the_journal_starts_a_fresh_segment_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (none, end) = bodies(dir.path(), 500);
+        assert!(none.is_empty());
+        assert_eq!(end, 500);
+        let mut w = JournalWriter::open(dir.path(), 500).unwrap();
+        let end = w.append(&framed(&[b"x"])).unwrap();
+        assert_eq!(segments(dir.path()).unwrap(), vec![500]);
+        let (all, scanned) = bodies(dir.path(), 500);
+        assert_eq!((all.len(), scanned), (1, end));
+    }
+}

@@ -1,0 +1,177 @@
+//! What one journal record holds: the accepted messages and the events of
+//! one request, exactly as SQLite will store them. A plain length-prefixed
+//! binary layout (version byte first): the documents are JSON already, and
+//! escaping them into another JSON layer would cost the ACK path time.
+
+use crate::store::Millis;
+
+const VERSION: u8 = 1;
+
+/// One accepted message, ready for its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub external_id: String,
+    pub dedup_key: String,
+    pub contact: Option<String>,
+    /// The normalized message as JSON, raw payload included.
+    pub doc: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub kind: String,
+    pub external_id: Option<String>,
+    pub payload: String,
+}
+
+/// A request's share of the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub source: String,
+    pub now: Millis,
+    pub messages: Vec<Row>,
+    pub events: Vec<EventRow>,
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => buf.push(0),
+        Some(s) => {
+            buf.push(1);
+            put_str(buf, s);
+        }
+    }
+}
+
+impl Entry {
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.push(VERSION);
+        buf.extend_from_slice(&self.now.to_le_bytes());
+        put_str(buf, &self.source);
+        buf.extend_from_slice(&(self.messages.len() as u32).to_le_bytes());
+        for m in &self.messages {
+            put_str(buf, &m.id);
+            put_str(buf, &m.external_id);
+            put_str(buf, &m.dedup_key);
+            put_opt(buf, m.contact.as_deref());
+            put_str(buf, &m.doc);
+        }
+        buf.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
+        for e in &self.events {
+            put_str(buf, &e.kind);
+            put_opt(buf, e.external_id.as_deref());
+            put_str(buf, &e.payload);
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, String> {
+        let mut r = Reader { buf: body, at: 0 };
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(format!("unknown journal record version {version}"));
+        }
+        let now = i64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let source = r.string()?;
+        let n = r.u32()? as usize;
+        let mut messages = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            messages.push(Row {
+                id: r.string()?,
+                external_id: r.string()?,
+                dedup_key: r.string()?,
+                contact: r.opt()?,
+                doc: r.string()?,
+            });
+        }
+        let n = r.u32()? as usize;
+        let mut events = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            events.push(EventRow {
+                kind: r.string()?,
+                external_id: r.opt()?,
+                payload: r.string()?,
+            });
+        }
+        if r.at != body.len() {
+            return Err("trailing bytes after a journal record".into());
+        }
+        Ok(Self {
+            source,
+            now,
+            messages,
+            events,
+        })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or("journal record ends early")?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+    }
+    fn opt(&mut self) -> Result<Option<String>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.string().map(Some),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_reads_back_as_written_and_a_cut_one_is_an_error() {
+        let entry = Entry {
+            source: "sms".into(),
+            now: 1_700_000_000_123,
+            messages: vec![Row {
+                id: "msg_1".into(),
+                external_id: "g1".into(),
+                dedup_key: "g1".into(),
+                contact: Some("+15551234567".into()),
+                doc: r#"{"text":"héllo"}"#.into(),
+            }],
+            events: vec![EventRow {
+                kind: "status".into(),
+                external_id: None,
+                payload: "{}".into(),
+            }],
+        };
+        let mut buf = Vec::new();
+        entry.encode(&mut buf);
+        assert_eq!(Entry::decode(&buf).unwrap(), entry);
+        for cut in [1, 9, buf.len() - 1] {
+            assert!(Entry::decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        buf.push(0);
+        assert!(Entry::decode(&buf).is_err());
+    }
+}
