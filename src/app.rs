@@ -152,6 +152,17 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let grace = self.config.server.shutdown_grace.0;
         let workers = spawn_pipeline(self.pool.clone(), shutdown.clone(), grace)?;
+        // Background threads idle while they keep up (see `priority`).
+        let watching = Arc::new(());
+        let store = self.state.store.clone();
+        crate::priority::watch(
+            move || {
+                let q = store.gauges().snapshot();
+                q.pending + q.in_flight
+            },
+            Arc::downgrade(&watching),
+        )
+        .context("starting the background watcher")?;
         let housekeeping = tokio::spawn(prune_loop(
             self.state.store.clone(),
             self.config.store.dedup_window.0,
@@ -175,6 +186,7 @@ impl App {
         }
         let _ = workers.await;
         housekeeping.abort();
+        drop(watching);
         tracing::info!("Stopped.");
         Ok(())
     }
