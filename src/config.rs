@@ -67,7 +67,8 @@ pub struct StoreConfig {
     pub dedup_window: Dur,
     /// How long messages, events, attempts and rejections are kept.
     pub retention: Dur,
-    /// How long a commit may wait for a locked database before the request gets 503.
+    /// How long a SQLite write may wait for a locked database before it fails
+    /// (journal records are then retried; ingest never waits on SQLite).
     pub busy_timeout: Dur,
     /// The rejections log keeps at most this many entries.
     pub max_rejections: u64,
