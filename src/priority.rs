@@ -9,23 +9,27 @@
 //!
 //! `SCHED_IDLE` alone would starve the background for as long as anything
 //! else keeps the cores busy (a load peak, another busy process), so a
-//! watcher at normal priority looks at the queue depth: past
-//! [`BEHIND_ABOVE`] jobs the background threads move to `nice 10` (a tenth
-//! of a core's share against normal threads, and all of it when nothing
-//! else runs) until the queue is back under [`CAUGHT_UP_BELOW`]. Past
+//! watcher at normal priority looks at the queue depth: when it has not
+//! come back under [`CAUGHT_UP_BELOW`] for [`BEHIND_AFTER`], or passes
+//! [`BEHIND_ABOVE`], the background threads move to `nice 10` (a tenth of
+//! a core's share against normal threads, and all of it when nothing else
+//! runs) until the queue is back under [`CAUGHT_UP_BELOW`]. Past
 //! `store.max_backlog` ingest answers 503, so the backlog stays bounded
 //! either way. BENCHMARKS.md has the A/B of the two policies.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Queue depth (jobs due or running, journaled messages included) past
-/// which the background counts as behind: about a second of work at the
-/// loads BENCHMARKS.md measures.
-pub const BEHIND_ABOVE: i64 = 5_000;
-/// Depth under which it counts as caught up again.
+/// which the background counts as behind at once.
+pub const BEHIND_ABOVE: i64 = 200_000;
+/// How long the queue may stay at or above [`CAUGHT_UP_BELOW`] before the
+/// background counts as behind: a burst is absorbed at idle priority for
+/// this long, then processing competes for the CPU.
+pub const BEHIND_AFTER: Duration = Duration::from_secs(10);
+/// Depth under which it counts as caught up.
 pub const CAUGHT_UP_BELOW: i64 = 500;
 /// `nice` of the background threads while behind.
 pub const BEHIND_NICE: i32 = 10;
@@ -121,14 +125,21 @@ pub fn watch(depth: impl Fn() -> i64 + Send + 'static, alive: Weak<()>) -> std::
     std::thread::Builder::new()
         .name("inlet-bg-watch".into())
         .spawn(move || {
+            // Since when the queue has not been caught up.
+            let mut busy_since: Option<Instant> = None;
             while alive.upgrade().is_some() {
                 std::thread::sleep(WATCH_EVERY);
                 let d = depth();
+                busy_since = match busy_since {
+                    _ if d < CAUGHT_UP_BELOW => None,
+                    None => Some(Instant::now()),
+                    since => since,
+                };
                 let behind = BEHIND.load(Ordering::Acquire);
                 set_behind(if behind {
                     d >= CAUGHT_UP_BELOW
                 } else {
-                    d > BEHIND_ABOVE
+                    d > BEHIND_ABOVE || busy_since.is_some_and(|t| t.elapsed() >= BEHIND_AFTER)
                 });
             }
         })
