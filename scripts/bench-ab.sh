@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# A/B of inlet binaries side by side with the group-commit ceiling, on
+# fresh stores, interleaved: for each round and load, every target once.
+#   BINS="new=target/release/inlet old=/path/to/older/inlet" scripts/bench-ab.sh
+# Knobs: D=5 (seconds measured, +1 s warmup) ROUNDS=2 LOADS="max 1000 5000".
+# All traffic is on 127.0.0.1; everything started here is stopped on exit.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/target/release/inlet
+GC=$ROOT/target/release/examples/group_commit_server
+D=${D:-5}; ROUNDS=${ROUNDS:-2}; LOADS=${LOADS:-"max 1000 5000"}
+BINS=${BINS:-"inlet=$BENCH"}
+W=$(mktemp -d "${TMPDIR:-/tmp}/inlet-ab.XXXXXX")
+declare -A PORT; PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait; rm -rf "$W"' EXIT
+port=18100
+for nb in $BINS; do
+  n=${nb%%=*}; b=${nb#*=}; mkdir -p "$W/$n"
+  (cd "$W/$n" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$port exec "$b" serve > log 2>&1) &
+  PIDS+=($!); PORT[$n]=$port; port=$((port+1))
+done
+"$GC" --listen 127.0.0.1:18099 --file "$W/gc.log" > /dev/null 2>&1 & PIDS+=($!); PORT[group-commit]=18099
+sleep 1
+settle() { # bounded wait until an inlet's queue is empty
+  for _ in $(seq 240); do
+    p=$(curl -s "127.0.0.1:$1/health" | python3 -c 'import sys,json; q=json.load(sys.stdin)["queue"]; print(q["pending"]+q["in_flight"])')
+    [ "$p" = 0 ] && return; sleep 0.5
+  done
+}
+for r in $(seq "$ROUNDS"); do
+  for l in $LOADS; do
+    if [ "$l" = max ]; then load=(--max); else load=(--rate "$l"); fi
+    for t in "${!PORT[@]}"; do
+      [ "$t" != group-commit ] && settle "${PORT[$t]}"
+      res=$("$BENCH" bench --url "http://127.0.0.1:${PORT[$t]}/hooks/sms" "${load[@]}" \
+        --duration "$D" --warmup 1 --connections 64 --json --quiet)
+      echo "round $r load $l $t $(echo "$res" | python3 -c 'import sys,json; d=json.load(sys.stdin); l=d["latency_ms"]; print("2xx/s %.0f p50 %.3f p99 %.3f p99.9 %.3f non2xx %s errors %s" % (d["ok_rps"], l["p50"], l["p99"], l["p999"], d["non_2xx"], d["errors"]))')"
+    done
+  done
+done
