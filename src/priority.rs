@@ -17,7 +17,6 @@
 //! `store.max_backlog` ingest answers 503, so the backlog stays bounded
 //! either way. BENCHMARKS.md has the A/B of the two policies.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -36,10 +35,10 @@ pub const BEHIND_NICE: i32 = 10;
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 static BEHIND: AtomicBool = AtomicBool::new(false);
-/// Thread ids of the live background threads.
-static THREADS: Mutex<Option<HashSet<libc::pid_t>>> = Mutex::new(None);
+/// Thread ids of the live background threads (a few dozen at most).
+static THREADS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
-fn threads() -> std::sync::MutexGuard<'static, Option<HashSet<libc::pid_t>>> {
+fn threads() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
     THREADS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -49,9 +48,7 @@ struct Registered(libc::pid_t);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some(set) = threads().as_mut() {
-            set.remove(&self.0);
-        }
+        threads().retain(|t| *t != self.0);
     }
 }
 
@@ -91,7 +88,7 @@ pub fn lower_this_thread() {
     REGISTERED.with(|r| {
         if r.get().is_none() {
             let mut set = threads();
-            set.get_or_insert_with(HashSet::new).insert(tid);
+            set.push(tid);
             // Under the lock, so a flip of BEHIND cannot pass this thread by.
             apply(tid, BEHIND.load(Ordering::Acquire));
             let _ = r.set(Registered(tid));
@@ -114,7 +111,7 @@ fn set_behind(behind: bool) {
             "caught up: it runs in idle time again"
         }
     );
-    for tid in set.iter().flatten() {
+    for tid in set.iter() {
         apply(*tid, behind);
     }
 }
@@ -183,9 +180,6 @@ mod tests {
         // Threads that never asked keep the default.
         let other = std::thread::spawn(policy_and_nice).join().unwrap();
         assert_eq!(other, (libc::SCHED_OTHER, 0));
-        assert!(
-            threads().as_ref().is_none_or(|s| !s.contains(&tid)),
-            "an ended thread leaves the set"
-        );
+        assert!(!threads().contains(&tid), "an ended thread leaves the set");
     }
 }

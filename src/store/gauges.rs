@@ -37,6 +37,11 @@ impl QueueGauges {
         self.dead.store(c.dead, Ordering::Relaxed);
     }
 
+    /// Messages in the journal-only backlog.
+    pub fn journaled(&self) -> i64 {
+        self.journaled.load(Ordering::Relaxed)
+    }
+
     /// Messages entering (+) or leaving (-) the journal-only backlog.
     pub fn add_journaled(&self, n: i64) {
         self.journaled.fetch_add(n, Ordering::Relaxed);

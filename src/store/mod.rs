@@ -82,8 +82,6 @@ pub fn message_id_floor(millis: Millis) -> String {
 pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,
-    /// Ids of the accepted messages, in request order.
-    pub accepted_ids: Vec<String>,
 }
 
 /// One queue a claim may take from: the jobs of one action of one source,

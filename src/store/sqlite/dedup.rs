@@ -10,8 +10,9 @@
 //! hash) is confirmed exactly, in `pending` or with one indexed read of
 //! the `dedup` table; so a hash collision costs a lookup, never a message.
 //!
-//! The hash map is rebuilt from the `dedup` table at start-up and costs
-//! about 16 bytes a key; `pending` holds whole keys, only for the backlog
+//! The hash map is rebuilt from the `dedup` table at start-up and holds a
+//! 16-byte entry a key (plus the map's overhead); `pending` holds whole
+//! keys, only for the backlog
 //! that SQLite has not taken in yet.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +47,11 @@ pub trait Confirm {
         key: &str,
     ) -> Result<Option<Millis>, crate::store::StoreError>;
 }
+
+/// A key [`DedupIndex::check`] took as new, until it is journaled or
+/// forgotten.
+#[derive(Debug)]
+pub struct PendingKey(String);
 
 pub struct DedupIndex {
     /// Random per process: the map is rebuilt at every start, and nobody
@@ -104,9 +110,10 @@ impl DedupIndex {
         self.note(h, seen_at);
     }
 
-    /// Whether `key` is new: not seen since `cutoff`. A new key is noted as
-    /// pending at `now` (call [`Self::journaled`] once its record's
-    /// position is known, or [`Self::forget`] if it is not journaled).
+    /// `Some` when `key` is new: not seen since `cutoff`. A new key is noted
+    /// as pending at `now`; hand what comes back to [`Self::journaled`] once
+    /// its record's position is known, or to [`Self::forget`] if it is not
+    /// journaled.
     pub fn check(
         &mut self,
         source: &str,
@@ -114,7 +121,7 @@ impl DedupIndex {
         now: Millis,
         cutoff: Millis,
         store: &mut impl Confirm,
-    ) -> Result<bool, crate::store::StoreError> {
+    ) -> Result<Option<PendingKey>, crate::store::StoreError> {
         let h = self.hash(source, key);
         let joined = joined(source, key);
         let new = match self.seen.get(&h) {
@@ -125,18 +132,18 @@ impl DedupIndex {
                 None => store.seen_at(source, key)?.is_none_or(|at| at < cutoff),
             },
         };
-        if new {
-            self.note(h, now);
-            self.pending.insert(joined, (now, u64::MAX));
+        if !new {
+            return Ok(None);
         }
-        Ok(new)
+        self.note(h, now);
+        self.pending.insert(joined.clone(), (now, u64::MAX));
+        Ok(Some(PendingKey(joined)))
     }
 
-    /// The keys `check` took as new since the last call are in the journal,
-    /// in the record that ends at `end`.
-    pub fn journaled(&mut self, keys: impl IntoIterator<Item = (String, String)>, end: u64) {
-        for (source, key) in keys {
-            let k = joined(&source, &key);
+    /// Keys `check` took as new are in the journal, in the record that
+    /// ends at `end`.
+    pub fn journaled(&mut self, keys: Vec<PendingKey>, end: u64) {
+        for PendingKey(k) in keys {
             if let Some(p) = self.pending.get_mut(&k) {
                 p.1 = end;
             }
@@ -144,10 +151,13 @@ impl DedupIndex {
         }
     }
 
-    /// A key `check` took as new was not journaled after all (the write
-    /// failed): it was never seen. Its hash stays; that only costs a lookup.
-    pub fn forget(&mut self, source: &str, key: &str) {
-        self.pending.remove(&joined(source, key));
+    /// Keys `check` took as new were not journaled after all (refused, or
+    /// the write failed): they were never seen. Their hashes stay; that only
+    /// costs a lookup.
+    pub fn forget(&mut self, keys: Vec<PendingKey>) {
+        for PendingKey(k) in keys {
+            self.pending.remove(&k);
+        }
     }
 
     /// SQLite has applied the journal up to `pos`: its keys are found there
@@ -208,22 +218,24 @@ mod tests {
     fn new_keys_cost_no_lookup_and_duplicates_are_found_pending_or_applied() {
         let mut idx = DedupIndex::default();
         let mut table = Table::default();
-        assert!(idx.check("sms", "a", 100, 0, &mut table).unwrap());
-        assert!(idx.check("sms", "b", 100, 0, &mut table).unwrap());
+        let a = idx.check("sms", "a", 100, 0, &mut table).unwrap();
+        let b = idx.check("sms", "b", 100, 0, &mut table).unwrap();
+        assert!(a.is_some() && b.is_some());
         assert_eq!(table.lookups, 0, "first-time keys never ask the store");
         // Repeated while still pending (journaled, not applied).
-        assert!(!idx.check("sms", "a", 101, 0, &mut table).unwrap());
+        assert!(idx.check("sms", "a", 101, 0, &mut table).unwrap().is_none());
         // Another source's key of the same name is another key.
-        assert!(idx.check("other", "a", 101, 0, &mut table).unwrap());
-        idx.journaled([("sms".into(), "a".into()), ("sms".into(), "b".into())], 10);
-        idx.journaled([("other".into(), "a".into())], 20);
+        let other = idx.check("other", "a", 101, 0, &mut table).unwrap();
+        assert!(other.is_some());
+        idx.journaled(a.into_iter().chain(b).collect(), 10);
+        idx.journaled(other.into_iter().collect(), 20);
 
         // SQLite applies up to 10: those keys are now only in the table.
         table.rows.insert(("sms".into(), "a".into()), 100);
         table.rows.insert(("sms".into(), "b".into()), 100);
         idx.applied(10);
         assert_eq!(idx.backlog(), 1);
-        assert!(!idx.check("sms", "b", 102, 0, &mut table).unwrap());
+        assert!(idx.check("sms", "b", 102, 0, &mut table).unwrap().is_none());
         assert_eq!(table.lookups, 1, "a duplicate is confirmed in the table");
     }
 
@@ -233,10 +245,22 @@ mod tests {
         let mut table = Table::default();
         idx.load("sms", "old", 50);
         table.rows.insert(("sms".into(), "old".into()), 50);
-        assert!(!idx.check("sms", "old", 100, 40, &mut table).unwrap());
-        assert!(idx.check("sms", "old", 100, 60, &mut table).unwrap());
+        assert!(
+            idx.check("sms", "old", 100, 40, &mut table)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            idx.check("sms", "old", 100, 60, &mut table)
+                .unwrap()
+                .is_some()
+        );
         // Now pending as of 100: a repeat inside the new window is a duplicate.
-        assert!(!idx.check("sms", "old", 101, 60, &mut table).unwrap());
+        assert!(
+            idx.check("sms", "old", 101, 60, &mut table)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -246,7 +270,7 @@ mod tests {
         // Force a "collision": the hash of "b" marked seen, "b" itself unknown.
         let h = idx.hash("sms", "b");
         idx.note(h, 100);
-        assert!(idx.check("sms", "b", 100, 0, &mut table).unwrap());
+        assert!(idx.check("sms", "b", 100, 0, &mut table).unwrap().is_some());
         assert_eq!(table.lookups, 1);
     }
 
@@ -254,9 +278,10 @@ mod tests {
     fn forgotten_keys_are_new_and_pruning_drops_expired_hashes() {
         let mut idx = DedupIndex::default();
         let mut table = Table::default();
-        assert!(idx.check("sms", "a", 100, 0, &mut table).unwrap());
-        idx.forget("sms", "a");
-        assert!(idx.check("sms", "a", 100, 0, &mut table).unwrap());
+        let a = idx.check("sms", "a", 100, 0, &mut table).unwrap();
+        assert!(a.is_some());
+        idx.forget(a.into_iter().collect());
+        assert!(idx.check("sms", "a", 100, 0, &mut table).unwrap().is_some());
         idx.load("sms", "x", 10);
         assert_eq!(idx.hashes(), 2);
         idx.prune(5);

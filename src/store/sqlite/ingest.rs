@@ -22,7 +22,6 @@
 //! after a crash the records past that position are applied at start-up,
 //! before anything new is accepted. Segments are deleted once applied.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::dedup::{Confirm, DedupIndex};
+use super::dedup::{Confirm, DedupIndex, PendingKey};
 use super::journal::{AppendError, JournalReader, JournalWriter, frame};
 use super::record::{Entry, EventRow, Row};
 use super::writer::{Op, map_err};
@@ -53,33 +52,34 @@ pub struct Progress {
     pub applied: watch::Sender<u64>,
     /// Messages journaled, not yet applied, at most (`store.max_backlog`).
     pub max_backlog: AtomicU64,
-    /// Messages journaled, not yet applied.
-    pub backlog: AtomicU64,
     /// The journal's end is unknown after a failed write that could not be
     /// undone: nothing more is accepted until a restart.
     pub broken: AtomicBool,
+    /// Counts the backlog (messages journaled, not yet applied) for
+    /// `/health` and for `max_backlog`.
+    pub gauges: Arc<QueueGauges>,
 }
 
 impl Progress {
-    pub fn new(end: u64, max_backlog: u64) -> Self {
+    pub fn new(end: u64, max_backlog: u64, gauges: Arc<QueueGauges>) -> Self {
         Self {
             synced: AtomicU64::new(end),
             applied: watch::Sender::new(end),
             max_backlog: AtomicU64::new(max_backlog),
-            backlog: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            gauges,
         }
     }
 
-    /// Why new messages cannot be acknowledged now, if they cannot.
-    /// `adding` more would join the backlog.
+    /// Why `adding` more messages (and a write) cannot be acknowledged now,
+    /// if they cannot.
     pub fn refusal(&self, adding: u64) -> Option<StoreError> {
         if self.broken.load(Ordering::Acquire) {
             return Some(StoreError::Unavailable(
                 "the journal could not be written; restart inlet".into(),
             ));
         }
-        let waiting = self.backlog.load(Ordering::Acquire);
+        let waiting = self.gauges.journaled().max(0) as u64;
         (adding > 0 && waiting + adding > self.max_backlog.load(Ordering::Relaxed))
             .then_some(StoreError::Backlogged(waiting))
     }
@@ -103,7 +103,6 @@ pub struct Journal {
     pub index: DedupIndex,
     pub table: Connection,
     pub progress: Arc<Progress>,
-    pub gauges: Arc<QueueGauges>,
     /// Wakes the applier after each sync.
     pub applier: std::sync::mpsc::Sender<()>,
 }
@@ -113,7 +112,7 @@ struct Pending {
     reply: IngestReply,
     result: Result<IngestOutcome, StoreError>,
     /// Keys taken as new, and the journal position after the record.
-    keys: Vec<(String, String)>,
+    keys: Vec<PendingKey>,
     end: u64,
 }
 
@@ -162,10 +161,7 @@ impl Journal {
                             .filter_map(|p| p.result.as_ref().ok())
                             .map(|o| o.accepted)
                             .sum();
-                        self.progress
-                            .backlog
-                            .fetch_add(accepted as u64, Ordering::AcqRel);
-                        self.gauges.add_journaled(accepted as i64);
+                        self.progress.gauges.add_journaled(accepted as i64);
                         self.progress.synced.store(end, Ordering::Release);
                         let _ = self.applier.send(());
                     }
@@ -174,12 +170,10 @@ impl Journal {
                         if matches!(e, AppendError::Broken(_)) {
                             self.progress.broken.store(true, Ordering::Release);
                         }
-                        let err = StoreError::Unavailable(e.to_string());
+                        let why = e.to_string();
                         for p in &mut pending {
-                            for (source, key) in p.keys.drain(..) {
-                                self.index.forget(&source, &key);
-                            }
-                            p.result = Err(StoreError::Unavailable(err.to_string()));
+                            self.index.forget(std::mem::take(&mut p.keys));
+                            p.result = Err(StoreError::Unavailable(why.clone()));
                         }
                     }
                 }
@@ -196,55 +190,48 @@ impl Journal {
     }
 
     /// Decides one request's keys and frames its record into `buf`.
+    /// `group_adds` counts the new messages of the group so far.
     fn decide(
         &mut self,
-        mut b: IngestBatch,
+        b: IngestBatch,
         buf: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
         group_adds: &mut u64,
-    ) -> (Result<IngestOutcome, StoreError>, Vec<(String, String)>) {
-        if let Some(e) = self.progress.refusal(0) {
-            return (Err(e), Vec::new());
-        }
+    ) -> (Result<IngestOutcome, StoreError>, Vec<PendingKey>) {
         let mut out = IngestOutcome::default();
         let mut keys = Vec::new();
         let mut rows = Vec::new();
         let mut table = Table(&self.table);
-        for (m, doc) in b.messages.iter().zip(b.docs.iter_mut()) {
+        for (m, doc) in b.messages.into_iter().zip(b.docs) {
             match self
                 .index
                 .check(&b.source, &m.dedup_key, b.now, b.dedup_cutoff, &mut table)
             {
-                Ok(true) => {
-                    out.accepted += 1;
-                    out.accepted_ids.push(m.id.as_str().to_string());
-                    keys.push((b.source.clone(), m.dedup_key.clone()));
+                Ok(Some(key)) => {
+                    keys.push(key);
                     rows.push(Row {
                         id: m.id.as_str().to_string(),
-                        external_id: m.external_id.clone(),
-                        dedup_key: m.dedup_key.clone(),
-                        contact: m.from.as_ref().map(|p| p.as_str().to_string()),
-                        doc: std::mem::take(doc),
+                        external_id: m.external_id,
+                        dedup_key: m.dedup_key,
+                        contact: m.from.map(|p| p.as_str().to_string()),
+                        doc,
                     });
                 }
-                Ok(false) => out.duplicates += 1,
+                Ok(None) => out.duplicates += 1,
                 Err(e) => {
-                    for (source, key) in keys {
-                        self.index.forget(&source, &key);
-                    }
+                    self.index.forget(keys);
                     return (Err(e), Vec::new());
                 }
             }
         }
+        out.accepted = rows.len();
         if rows.is_empty() && b.events.is_empty() {
+            // Nothing to write: duplicates are answered even while new
+            // messages are refused.
             return (Ok(out), keys);
         }
-        // Duplicates and events are answered even when the backlog is full;
-        // new messages only while there is room (counting this group's).
         if let Some(e) = self.progress.refusal(rows.len() as u64 + *group_adds) {
-            for (source, key) in keys {
-                self.index.forget(&source, &key);
-            }
+            self.index.forget(keys);
             return (Err(e), Vec::new());
         }
         *group_adds += rows.len() as u64;
@@ -273,11 +260,10 @@ impl Journal {
 pub struct Applier {
     pub reader: JournalReader,
     pub progress: Arc<Progress>,
-    pub gauges: Arc<QueueGauges>,
     pub writer: mpsc::Sender<Op>,
     pub wake: std::sync::mpsc::Receiver<()>,
-    pub dir: PathBuf,
-    /// The segment the last deletion pass saw being read.
+    /// The segment being read when segments were last deleted (or first
+    /// read): once reading moves on, the ones before are deleted.
     pub swept: Option<u64>,
 }
 
@@ -331,39 +317,39 @@ impl Applier {
             )));
         }
         let messages: usize = entries.iter().map(|e| e.messages.len()).sum();
-        let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the store writer has stopped".into());
-        self.writer
-            .blocking_send(Op::Apply {
-                entries,
-                upto: end,
-                reply: tx,
-            })
-            .map_err(|_| gone())?;
-        rx.blocking_recv().map_err(|_| gone())??;
-        // Applied and synced: the keys are in SQLite, the bytes are no
-        // longer needed.
-        self.progress
-            .backlog
-            .fetch_sub(messages as u64, Ordering::AcqRel);
-        self.gauges.add_journaled(-(messages as i64));
+        self.call(|reply| Op::Apply {
+            entries,
+            upto: end,
+            reply,
+        })?;
+        // Applied: the keys are found in SQLite from now on.
+        self.progress.gauges.add_journaled(-(messages as i64));
         self.progress.applied.send_replace(end);
-        // Segments are deleted once reading has moved past them, and only
-        // after SQLite's commits are on disk (they are answered at commit).
+        // Segments are deleted once reading has moved on to a later one,
+        // and only after SQLite's commits are on disk (they are answered at
+        // commit, not synced).
         let reading = self.reader.current_segment();
-        if reading != self.swept {
-            let (tx, rx) = oneshot::channel();
-            self.writer
-                .blocking_send(Op::Sync(tx))
-                .map_err(|_| gone())?;
-            rx.blocking_recv().map_err(|_| gone())??;
-            match self.reader.delete_before(end) {
-                Ok(_) => self.swept = reading,
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %self.dir.display(), "Could not delete applied journal segments.")
+        match self.swept {
+            None => self.swept = reading,
+            Some(s) if Some(s) != reading => {
+                self.call(Op::Sync)?;
+                match self.reader.delete_before(end) {
+                    Ok(_) => self.swept = reading,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not delete applied journal segments.")
+                    }
                 }
             }
+            Some(_) => {}
         }
         Ok(end)
+    }
+
+    /// Runs one op on the writer and waits for its answer.
+    fn call<T>(&self, op: impl FnOnce(super::writer::Reply<T>) -> Op) -> Result<T, StoreError> {
+        let gone = || StoreError::Unavailable("the store writer has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.writer.blocking_send(op(tx)).map_err(|_| gone())?;
+        rx.blocking_recv().map_err(|_| gone())?
     }
 }

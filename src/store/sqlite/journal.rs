@@ -22,7 +22,7 @@
 //! acknowledged): reading stops there, and the writer zeroes it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -34,6 +34,8 @@ const ROTATE_SLACK: u64 = 256 * 1024;
 /// A record body at most this large; anything larger is corruption.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 8;
+/// The reader's buffer: a few records per `read` call.
+const READ_BUFFER: usize = 256 * 1024;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 fn segment_name(start: u64) -> String {
@@ -296,8 +298,9 @@ pub enum AppendError {
 pub struct JournalReader {
     dir: PathBuf,
     /// The open segment and its start position.
-    file: Option<(u64, File)>,
-    buf: Vec<u8>,
+    file: Option<(u64, BufReader<File>)>,
+    /// The body of the record being handed out.
+    body: Vec<u8>,
 }
 
 /// One record read back: its body and the position after it.
@@ -306,29 +309,12 @@ pub struct Record<'a> {
     pub end: u64,
 }
 
-/// What the record at the start of a buffer is.
-enum Parsed<'a> {
-    Whole(&'a [u8], usize),
-    /// Its header or body goes past the buffer.
-    Partial(Option<usize>),
-    /// Zeros, or a checksum that does not hold: the records end here.
-    End,
-}
-
-fn parse(buf: &[u8]) -> Parsed<'_> {
-    let Some(head) = buf.get(..HEADER) else {
-        return Parsed::Partial(None);
-    };
-    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-    if len == 0 || len > MAX_RECORD {
-        return Parsed::End;
-    }
-    let total = HEADER + len as usize;
-    match buf.get(HEADER..total) {
-        None => Parsed::Partial(Some(total)),
-        Some(body) if crc32fast::hash(body) == crc => Parsed::Whole(body, total),
-        Some(_) => Parsed::End,
+/// Reads exactly `buf`; `false` when the file ends first (a torn record).
+fn read_whole(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -337,7 +323,7 @@ impl JournalReader {
         Self {
             dir: dir.to_path_buf(),
             file: None,
-            buf: Vec::new(),
+            body: Vec::new(),
         }
     }
 
@@ -353,73 +339,44 @@ impl JournalReader {
         max_bytes: usize,
         mut f: impl FnMut(Record<'_>) -> io::Result<()>,
     ) -> io::Result<u64> {
+        // Positioning drops what the buffer held: bytes past the last read
+        // may have been written since.
+        self.seek(from)?;
         let mut pos = from;
-        'segments: while pos < upto && pos - from < max_bytes as u64 {
-            let (start, len) = self.segment_at(pos)?;
-            let offset = pos - start;
-            let room = (upto - pos)
-                .min(len.saturating_sub(offset))
-                .min(max_bytes as u64 - (pos - from));
-            let mut want = room.max(HEADER as u64).min(len.saturating_sub(offset)) as usize;
-            loop {
-                if want < HEADER {
-                    // The segment is used up to its last byte.
-                    if start != pos && self.next_segment(pos)? {
-                        continue 'segments;
-                    }
-                    break 'segments;
+        while pos < upto && (pos == from || pos - from < max_bytes as u64) {
+            let (start, file) = self.file.as_mut().expect("seek opened it");
+            let mut head = [0u8; HEADER];
+            let len = if read_whole(file, &mut head)? {
+                u32::from_le_bytes(head[..4].try_into().expect("4 bytes"))
+            } else {
+                0
+            };
+            if len == 0 || len > MAX_RECORD {
+                // Zeros, or the segment's last byte: its records end here,
+                // and the next segment, if any, starts at exactly `pos`.
+                if *start != pos && self.open_next(pos)? {
+                    continue;
                 }
-                self.buf.resize(want, 0);
-                let file = &self.file.as_ref().expect("segment_at opened it").1;
-                file.read_exact_at(&mut self.buf, offset)?;
-                let mut at = 0;
-                let mut bigger = None;
-                let mut ended = false;
-                while at < self.buf.len() {
-                    match parse(&self.buf[at..]) {
-                        Parsed::Whole(body, n) => {
-                            f(Record {
-                                body,
-                                end: pos + (at + n) as u64,
-                            })?;
-                            at += n;
-                        }
-                        Parsed::Partial(need) => {
-                            if at == 0 {
-                                bigger = need;
-                            }
-                            break;
-                        }
-                        Parsed::End => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-                pos += at as u64;
-                if ended || (at == 0 && bigger.is_none()) {
-                    // This segment's records end here; the next segment,
-                    // if any, starts at exactly this position.
-                    if start != pos && self.next_segment(pos)? {
-                        continue 'segments;
-                    }
-                    break 'segments;
-                }
-                match bigger {
-                    // One record larger than the window: read it whole.
-                    Some(n) if at == 0 && (n as u64) <= len - offset => want = n,
-                    Some(_) if at == 0 => break 'segments,
-                    _ => continue 'segments,
-                }
+                break;
             }
+            self.body.resize(len as usize, 0);
+            let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+            if !read_whole(file, &mut self.body)? || crc32fast::hash(&self.body) != crc {
+                break;
+            }
+            pos += (HEADER + len as usize) as u64;
+            f(Record {
+                body: &self.body,
+                end: pos,
+            })?;
         }
         Ok(pos)
     }
 
-    /// Opens the segment holding `pos` (if not open); its start and length.
-    fn segment_at(&mut self, pos: u64) -> io::Result<(u64, u64)> {
-        let current = matches!(&self.file, Some((start, _)) if *start <= pos);
-        if !current {
+    /// Opens the segment holding `pos` (unless it is open) and positions
+    /// the reader there.
+    fn seek(&mut self, pos: u64) -> io::Result<()> {
+        if !matches!(&self.file, Some((start, _)) if *start <= pos) {
             let start = segments(&self.dir)?
                 .into_iter()
                 .rev()
@@ -430,17 +387,19 @@ impl JournalReader {
                         format!("no journal segment holds position {pos}"),
                     )
                 })?;
-            self.file = Some((start, File::open(self.dir.join(segment_name(start)))?));
+            let file = File::open(self.dir.join(segment_name(start)))?;
+            self.file = Some((start, BufReader::with_capacity(READ_BUFFER, file)));
         }
-        let (start, file) = self.file.as_ref().expect("just opened");
-        Ok((*start, file.metadata()?.len()))
+        let (start, file) = self.file.as_mut().expect("just opened");
+        file.seek(SeekFrom::Start(pos - *start))?;
+        Ok(())
     }
 
     /// Moves to the segment starting at `pos`, if there is one.
-    fn next_segment(&mut self, pos: u64) -> io::Result<bool> {
+    fn open_next(&mut self, pos: u64) -> io::Result<bool> {
         match File::open(self.dir.join(segment_name(pos))) {
             Ok(f) => {
-                self.file = Some((pos, f));
+                self.file = Some((pos, BufReader::with_capacity(READ_BUFFER, f)));
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -485,7 +444,7 @@ pub fn scan(
     let mut reader = JournalReader::new(dir);
     // A position before every segment (the journal was removed, or is new
     // next to an older database): nothing to read.
-    if reader.segment_at(from).is_err() {
+    if reader.seek(from).is_err() {
         return Ok(from);
     }
     let mut pos = from;

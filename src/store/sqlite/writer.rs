@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::super::{
-    AttemptRecord, CLASSIFY, ClaimedJob, IngestOutcome, JobCompletion, JobNext, Lane, Millis,
-    QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
+    AttemptRecord, CLASSIFY, ClaimedJob, JobCompletion, JobNext, Lane, Millis, QueueCounts,
+    QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use super::leases::{Leases, Undo};
 use super::record::{Entry, EventRow};
@@ -63,7 +63,8 @@ pub enum Op {
     Apply {
         entries: Vec<Entry>,
         upto: u64,
-        reply: Reply<IngestOutcome>,
+        /// How many messages were stored.
+        reply: Reply<usize>,
     },
     Claim {
         lanes: Vec<Lane>,
@@ -150,7 +151,6 @@ impl Op {
 
 /// An executed op whose answer waits for the commit and its fsync.
 pub(super) enum Done {
-    Ingest(Reply<IngestOutcome>, Result<IngestOutcome, StoreError>),
     Claim(Reply<Vec<RawClaim>>, Result<Vec<RawClaim>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<usize>, Result<usize, StoreError>),
@@ -161,7 +161,6 @@ impl Done {
     pub(super) fn fail(self, e: &StoreError) {
         let err = || StoreError::Unavailable(e.to_string());
         match self {
-            Done::Ingest(tx, _) => drop(tx.send(Err(err()))),
             Done::Claim(tx, _) => drop(tx.send(Err(err()))),
             Done::Unit(tx, _) => drop(tx.send(Err(err()))),
             Done::Count(tx, _) => drop(tx.send(Err(err()))),
@@ -170,7 +169,6 @@ impl Done {
     }
     pub(super) fn send(self) {
         match self {
-            Done::Ingest(tx, r) => drop(tx.send(r)),
             Done::Claim(tx, r) => drop(tx.send(r)),
             Done::Unit(tx, r) => drop(tx.send(r)),
             Done::Count(tx, r) => drop(tx.send(r)),
@@ -189,6 +187,8 @@ pub struct Writer {
     leases: Arc<Leases>,
     /// Lease changes of the round being run, taken back if it fails.
     round_undo: Vec<Undo>,
+    /// A commit answered without an fsync may not be on disk yet.
+    unsynced: bool,
     metrics: WriterMetrics,
 }
 
@@ -210,7 +210,6 @@ pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
 
 /// What one op produced; its caller hears it after the commit.
 enum Outcome {
-    Ingest(Result<IngestOutcome, StoreError>),
     Claim(Result<(Vec<RawClaim>, usize), StoreError>),
     Complete(Result<Option<usize>, StoreError>),
     Unit(Result<(), StoreError>),
@@ -223,7 +222,6 @@ impl Outcome {
     /// The op's error, if it failed.
     fn error(&self) -> Option<&StoreError> {
         match self {
-            Outcome::Ingest(r) => r.as_ref().err(),
             Outcome::Claim(r) => r.as_ref().err(),
             Outcome::Complete(r) => r.as_ref().err(),
             Outcome::Unit(r) => r.as_ref().err(),
@@ -261,6 +259,7 @@ impl Writer {
             syncer,
             leases,
             round_undo: Vec::new(),
+            unsynced: false,
             metrics: WriterMetrics {
                 commit_seconds: metrics::histogram!("inlet_stage_seconds", "stage" => "commit"),
                 batch_ops: metrics::histogram!("inlet_commit_batch_ops"),
@@ -469,26 +468,27 @@ impl Writer {
             .commit_seconds
             .record(o.started.elapsed().as_secs_f64());
         self.metrics.batch_ops.record(o.done.len() as f64);
+        let wrote = self.conn.total_changes() != o.changes_at_begin;
         if !o.durable {
             // Answered at the commit (see `Op::needs_fsync`).
+            self.unsynced |= wrote;
             for d in o.done {
                 d.send();
             }
             return;
         }
-        if self.conn.total_changes() == o.changes_at_begin && self.syncer.idle() {
-            // Nothing was written (claims only read, leases live in memory;
-            // a probe only takes the write lock) and every earlier commit is
-            // on disk, so all these answers rest on is durable already. An
-            // fsync here would only keep the disk busy while the next
-            // request waits for it: at 1,000/s each message's claim took
-            // one, doubling the fsyncs. A stuck fsync still holds a probe:
-            // the syncer is not idle then.
+        if !wrote && !self.unsynced && self.syncer.idle() {
+            // Nothing was written (a probe only takes the write lock) and
+            // every earlier commit is on disk, so all these answers rest on
+            // is durable already; an fsync would only keep the disk busy. A
+            // stuck fsync still holds a probe: the syncer is not idle then.
             for d in o.done {
                 d.send();
             }
             return;
         }
+        // This fsync covers every commit before it too.
+        self.unsynced = false;
         self.syncer.settle(o.done);
     }
 }
@@ -550,7 +550,7 @@ fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcom
         r.map_err(map_err)
     }
     match op {
-        Op::Apply { entries, upto, .. } => Outcome::Ingest(run(apply(c, entries, *upto))),
+        Op::Apply { entries, upto, .. } => Outcome::Count(run(apply(c, entries, *upto))),
         Op::Claim {
             lanes,
             limit,
@@ -622,9 +622,9 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
         ..
     } = open;
     match (op, outcome) {
-        (Op::Apply { .. }, Outcome::Ingest(Ok(o))) => {
-            delta.pending += o.accepted as i64;
-            *wake |= o.accepted > 0;
+        (Op::Apply { .. }, Outcome::Count(Ok(stored))) => {
+            delta.pending += *stored as i64;
+            *wake |= *stored > 0;
         }
         (Op::Claim { .. }, Outcome::Claim(Ok((_, from_pending)))) => {
             delta.pending -= *from_pending as i64;
@@ -659,7 +659,7 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
 /// Pairs an op's reply channel with what it produced.
 fn answer(op: Op, outcome: Outcome) -> Option<Done> {
     Some(match (op, outcome) {
-        (Op::Apply { reply, .. }, Outcome::Ingest(r)) => Done::Ingest(reply, r),
+        (Op::Apply { reply, .. }, Outcome::Count(r)) => Done::Count(reply, r),
         (Op::Claim { reply, .. }, Outcome::Claim(r)) => Done::Claim(reply, r.map(|(jobs, _)| jobs)),
         (Op::Complete(_, tx), Outcome::Complete(r)) => Done::Unit(tx, r.map(drop)),
         (Op::Reject(_, _, tx), Outcome::Unit(r))
@@ -707,8 +707,8 @@ pub(super) fn apply(
     c: &Connection,
     entries: &[Entry],
     upto: u64,
-) -> Result<IngestOutcome, rusqlite::Error> {
-    let mut out = IngestOutcome::default();
+) -> Result<usize, rusqlite::Error> {
+    let mut stored = 0;
     let mut dedup = c.prepare_cached(
         "INSERT INTO dedup (source, key, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (source, key) DO UPDATE
@@ -725,7 +725,7 @@ pub(super) fn apply(
     for e in entries {
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
-            let stored = msg.execute(params![
+            let inserted = msg.execute(params![
                 m.id,
                 e.source,
                 m.external_id,
@@ -733,12 +733,11 @@ pub(super) fn apply(
                 e.now,
                 m.doc
             ])?;
-            if stored == 0 {
+            if inserted == 0 {
                 continue;
             }
             job.execute(params![m.id, e.source, CLASSIFY, e.now])?;
-            out.accepted += 1;
-            out.accepted_ids.push(m.id.clone());
+            stored += 1;
         }
         for ev in &e.events {
             insert_event(c, &e.source, ev, e.now)?;
@@ -746,7 +745,7 @@ pub(super) fn apply(
     }
     c.prepare_cached("UPDATE journal_state SET applied = ?1 WHERE id = 1")?
         .execute(params![upto as i64])?;
-    Ok(out)
+    Ok(stored)
 }
 
 fn insert_event(
