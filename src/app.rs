@@ -16,7 +16,7 @@ use crate::http::{self, AppState, Source};
 use crate::pipeline::{
     Actions, Backoff, ClassifyAction, RulesClassifier, WorkerPool, WorkerSettings,
 };
-use crate::store::{Store, now_millis, sqlite::SqliteStore};
+use crate::store::{InlineClassify, Millis, Store, now_millis, sqlite::SqliteStore};
 
 /// How often expired dedup keys and old records are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -34,6 +34,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         // The recorder first: metric handles made before it would record nowhere.
         let metrics = crate::telemetry::metrics_handle();
+        let rules =
+            RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
+        let follow_ups: HashMap<String, Vec<String>> = config
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), s.action_names()))
+            .collect();
         let store: Arc<dyn Store> = match config.sqlite_path() {
             Some(path) => {
                 let store = SqliteStore::open(
@@ -43,6 +50,15 @@ impl App {
                 )
                 .with_context(|| format!("opening the store at {}", path.display()))?;
                 store.set_max_backlog(config.store.max_backlog);
+                if config.classifier.llm.is_none() {
+                    // The rules need no I/O: classify while storing.
+                    let rules = rules.clone();
+                    store.classify_inline(InlineClassify {
+                        classify: Box::new(move |text| rules.classify(text)),
+                        follow_ups: follow_ups.clone(),
+                        session_ttl_ms: config.conversations.session_ttl.0.as_millis() as Millis,
+                    });
+                }
                 Arc::new(store)
             }
             None => anyhow::bail!(
@@ -56,17 +72,13 @@ impl App {
         let local = listener.local_addr()?;
 
         let mut sources = HashMap::new();
-        let mut follow_ups = HashMap::new();
         for s in &config.sources {
             let provider = crate::providers::build(s);
             if !provider.is_signed() {
                 tracing::warn!(source = %s.name, provider = s.provider.as_str(), "Source has no secret: requests are not verified.");
             }
-            follow_ups.insert(s.name.clone(), s.action_names());
             sources.insert(s.name.clone(), Source::new(s.clone(), provider));
         }
-        let rules =
-            RulesClassifier::new(&config.classifier.rules).context("compiling classifier rules")?;
         // One set of pooled clients, breakers and per-destination limits for
         // every outbound call (forwards, replies, the LLM classifier).
         let outbound = Arc::new(
@@ -75,7 +87,7 @@ impl App {
         );
         let actions = Actions {
             classify: Some(Arc::new(ClassifyAction {
-                rules,
+                rules: rules.clone(),
                 llm: config.classifier.llm.as_ref().map(|llm| {
                     Arc::new(crate::pipeline::llm::LlmClassifier::new(
                         llm,

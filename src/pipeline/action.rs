@@ -95,7 +95,14 @@ impl Action for ClassifyAction {
             intent = llm.classify(text).await;
         }
         let contact = job.message.get("from").and_then(|f| f.as_str());
+        // A replayed message stays in the conversation it was given.
+        let assigned = job
+            .message
+            .get("conversation_id")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
         let conversation = match (&self.conversations, contact) {
+            _ if assigned.is_some() => assigned,
             (Some(convs), Some(contact)) => {
                 let at = received_millis(&job.message);
                 Some(convs.assign(&job.source, contact, at).await.map_err(|e| {

@@ -30,6 +30,23 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// Classification the store runs itself while it stores a message, in the
+/// same transaction, when it needs no I/O (the rules classifier, no LLM):
+/// the message is stored classified and in its conversation, its
+/// `classify` job is stored done with its attempt recorded, and its
+/// source's actions are enqueued. That saves the claim, the worker and the
+/// second write of the row that a queued `classify` job costs
+/// (ARCHITECTURE.md, "Inline classification"). Outcomes are the same as a
+/// worker's run of the job.
+pub struct InlineClassify {
+    /// The rules: the intent of a message with this text.
+    pub classify: Box<dyn Fn(Option<&str>) -> Intent + Send + Sync>,
+    /// Action names to enqueue once classified, per source.
+    pub follow_ups: std::collections::HashMap<String, Vec<String>>,
+    /// `conversations.session_ttl` in milliseconds.
+    pub session_ttl_ms: Millis,
+}
+
 /// The first job every accepted message gets; forward/reply jobs are
 /// enqueued when it completes.
 pub const CLASSIFY: &str = "classify";

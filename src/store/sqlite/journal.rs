@@ -36,7 +36,13 @@ const MAX_RECORD: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 8;
 /// The reader's buffer: a few records per `read` call.
 const READ_BUFFER: usize = 256 * 1024;
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Zeros are written a page at a time: the page cache keeps a file in
+/// folios as large as the writes that filled it (ext4, Linux 6.x), and
+/// writeback writes whole folios, so a segment zero-filled in 64 KiB writes
+/// made every later `fdatasync` of a small append write 64 KiB (1 MiB
+/// writes: 1 MiB) instead of one page (python, `/proc/self/io`
+/// write_bytes per sync, BENCHMARKS.md).
+static ZEROS: [u8; 4096] = [0; 4096];
 
 fn segment_name(start: u64) -> String {
     format!("{start:020}.log")
@@ -460,6 +466,34 @@ pub fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes this thread has caused to be written to storage so far.
+    fn thread_write_bytes() -> Option<u64> {
+        std::fs::read_to_string("/proc/thread-self/io")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn a_small_append_to_a_prepared_segment_writes_about_a_page_per_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = preallocated(&dir.path().join("seg.log")).unwrap();
+        let Some(before) = thread_write_bytes() else {
+            return; // no per-thread I/O accounting here
+        };
+        const SYNCS: u64 = 64;
+        for _ in 0..SYNCS {
+            file.write_all(&[7u8; 700]).unwrap();
+            file.sync_data().unwrap();
+        }
+        let per_sync = (thread_write_bytes().unwrap() - before) / SYNCS;
+        // One or two 4 KiB pages; zeros written in 64 KiB chunks made it 64 KiB.
+        assert!(per_sync <= 12 * 1024, "{per_sync} bytes written per sync");
+    }
 
     fn bodies(dir: &Path, from: u64) -> (Vec<Vec<u8>>, u64) {
         let mut out = Vec::new();

@@ -32,8 +32,8 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    ClaimedJob, IngestBatch, IngestOutcome, JobCompletion, Lane, ListQuery, Millis, OptState, Page,
-    QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
+    ClaimedJob, IngestBatch, IngestOutcome, InlineClassify, JobCompletion, Lane, ListQuery, Millis,
+    OptState, Page, QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
 };
 use dedup::DedupIndex;
 use ingest::{Applier, IngestReply, Journal, Progress};
@@ -112,7 +112,9 @@ fn replay(conn: &Connection, dir: &Path) -> Result<(u64, usize), StoreError> {
     let mut stored = 0;
     let mut flush = |entries: &mut Vec<record::Entry>, upto: u64| -> Result<(), StoreError> {
         let tx = conn.unchecked_transaction().map_err(map_err)?;
-        stored += writer::apply(&tx, entries, upto).map_err(map_err)?;
+        stored += writer::apply(&tx, entries, upto, None)
+            .map_err(map_err)?
+            .stored;
         tx.commit().map_err(map_err)?;
         entries.clear();
         Ok(())
@@ -310,6 +312,12 @@ impl SqliteStore {
     /// (`store.max_backlog`); past it, ingest answers 503.
     pub fn set_max_backlog(&self, n: u64) {
         self.progress.max_backlog.store(n, Ordering::Relaxed);
+    }
+
+    /// Classify messages while storing them from now on (see
+    /// [`InlineClassify`]). Set once; a second call changes nothing.
+    pub fn classify_inline(&self, inline: InlineClassify) {
+        let _ = self.progress.inline.set(Arc::new(inline));
     }
 
     /// Waits (bounded) until SQLite holds everything acknowledged so far,
@@ -828,13 +836,144 @@ mod tests {
             events: Vec::new(),
         };
         let entries = [entry];
-        assert_eq!(writer::apply(&conn, &entries, 10).unwrap(), 1);
-        assert_eq!(writer::apply(&conn, &entries, 10).unwrap(), 0);
+        let stored = |n| writer::Applied {
+            stored: n,
+            enqueued: n,
+        };
+        assert_eq!(writer::apply(&conn, &entries, 10, None).unwrap(), stored(1));
+        assert_eq!(writer::apply(&conn, &entries, 10, None).unwrap(), stored(0));
         let jobs: i64 = conn
             .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(jobs, 1);
         assert_eq!(writer::applied_position(&conn).unwrap(), 10);
+    }
+
+    fn row(guid: &str, contact: &str, text: &str) -> record::Row {
+        record::Row {
+            id: MessageId::generate().to_string(),
+            external_id: guid.into(),
+            dedup_key: guid.into(),
+            contact: Some(contact.into()),
+            doc: serde_json::json!({"text": text, "from": contact}).to_string(),
+        }
+    }
+
+    fn inline_rules() -> InlineClassify {
+        let rules = crate::pipeline::RulesClassifier::new(&[]).unwrap();
+        InlineClassify {
+            classify: Box::new(move |text| rules.classify(text)),
+            follow_ups: [("sms".to_string(), vec!["forward".to_string()])].into(),
+            session_ttl_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn inline_classification_stores_the_message_done_once_with_its_attempt_and_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let m = row("g1", "+15550001", "STOP");
+        let id = m.id.clone();
+        let entries = [record::Entry {
+            source: "sms".into(),
+            now: now_millis(),
+            messages: vec![m],
+            events: Vec::new(),
+        }];
+        let ic = inline_rules();
+        let first = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
+        // Only the follow-up is left for workers; applying again adds nothing.
+        assert_eq!((first.stored, first.enqueued), (1, 1));
+        let again = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
+        assert_eq!((again.stored, again.enqueued), (0, 0));
+        let (label, intent, conv): (String, String, Option<String>) = conn
+            .query_row(
+                "SELECT intent_label, intent, conversation_id FROM messages WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(label, "opt_out");
+        assert!(intent.contains(r#""by":"rules""#), "{intent}");
+        assert!(conv.is_some_and(|c| c.starts_with("conv_")));
+        let jobs: Vec<(String, String, i64)> = conn
+            .prepare("SELECT action, status, attempts FROM jobs WHERE message_id = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            jobs,
+            [
+                ("classify".into(), "done".into(), 1),
+                ("forward".into(), "pending".into(), 0)
+            ]
+        );
+        let attempts: Vec<(String, String)> = conn
+            .prepare("SELECT action, outcome FROM attempts WHERE message_id = ?1")
+            .unwrap()
+            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(attempts, [("classify".into(), "success".into())]);
+        let opted_out: bool = conn
+            .query_row(
+                "SELECT opted_out FROM opt_outs WHERE source = 'sms' AND contact = '+15550001'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(opted_out);
+    }
+
+    #[test]
+    fn inline_conversations_slide_with_each_message_of_a_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let ic = inline_rules();
+        let t0 = now_millis();
+        // 50 s apart each (TTL 60 s): one conversation however long it
+        // runs; then 61 s of quiet starts a new one. Another contact has
+        // its own.
+        let plan = [
+            ("a", "+1", t0),
+            ("b", "+1", t0 + 50_000),
+            ("c", "+1", t0 + 100_000),
+            ("d", "+2", t0 + 100_000),
+            ("e", "+1", t0 + 161_001),
+        ];
+        let mut ids = Vec::new();
+        for (n, (guid, contact, at)) in plan.iter().enumerate() {
+            let m = row(guid, contact, "hello");
+            ids.push(m.id.clone());
+            let entries = [record::Entry {
+                source: "sms".into(),
+                now: *at,
+                messages: vec![m],
+                events: Vec::new(),
+            }];
+            writer::apply(&conn, &entries, n as u64 + 1, Some(&ic)).unwrap();
+        }
+        let conv = |id: &String| -> String {
+            conn.query_row(
+                "SELECT conversation_id FROM messages WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let c: Vec<String> = ids.iter().map(conv).collect();
+        assert_eq!(c[0], c[1]);
+        assert_eq!(c[1], c[2]);
+        assert_ne!(c[3], c[2]);
+        assert_ne!(c[4], c[2]);
+        assert_ne!(c[4], c[3]);
     }
 
     #[test]

@@ -16,13 +16,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::super::{
-    AttemptRecord, CLASSIFY, ClaimedJob, JobCompletion, JobNext, Lane, Millis, QueueCounts,
-    QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
+    AttemptRecord, CLASSIFY, ClaimedJob, InlineClassify, JobCompletion, JobNext, Lane, Millis,
+    QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use super::leases::{Leases, Undo};
 use super::record::{Entry, EventRow};
 use super::syncer::Syncer;
-use crate::domain::EventId;
+use crate::domain::{ConversationId, EventId, Intent};
 
 /// A leased job as read inside the transaction; its message is parsed
 /// into JSON by the caller, off this thread (see [`RawClaim::into_job`]).
@@ -63,6 +63,9 @@ pub enum Op {
     Apply {
         entries: Vec<Entry>,
         upto: u64,
+        /// Classify while storing (see [`InlineClassify`]); `None`
+        /// queues a `classify` job per message.
+        inline: Option<Arc<InlineClassify>>,
         /// How many messages were stored.
         reply: Reply<usize>,
     },
@@ -214,6 +217,7 @@ enum Outcome {
     Complete(Result<Option<usize>, StoreError>),
     Unit(Result<(), StoreError>),
     Count(Result<usize, StoreError>),
+    Applied(Result<Applied, StoreError>),
     Replay(Result<(usize, usize), StoreError>),
     ReplyClaim(Result<ReplyClaim, StoreError>),
 }
@@ -226,6 +230,7 @@ impl Outcome {
             Outcome::Complete(r) => r.as_ref().err(),
             Outcome::Unit(r) => r.as_ref().err(),
             Outcome::Count(r) => r.as_ref().err(),
+            Outcome::Applied(r) => r.as_ref().err(),
             Outcome::Replay(r) => r.as_ref().err(),
             Outcome::ReplyClaim(r) => r.as_ref().err(),
         }
@@ -550,7 +555,12 @@ fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcom
         r.map_err(map_err)
     }
     match op {
-        Op::Apply { entries, upto, .. } => Outcome::Count(run(apply(c, entries, *upto))),
+        Op::Apply {
+            entries,
+            upto,
+            inline,
+            ..
+        } => Outcome::Applied(run(apply(c, entries, *upto, inline.as_deref()))),
         Op::Claim {
             lanes,
             limit,
@@ -622,9 +632,9 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
         ..
     } = open;
     match (op, outcome) {
-        (Op::Apply { .. }, Outcome::Count(Ok(stored))) => {
-            delta.pending += *stored as i64;
-            *wake |= *stored > 0;
+        (Op::Apply { .. }, Outcome::Applied(Ok(a))) => {
+            delta.pending += a.enqueued as i64;
+            *wake |= a.enqueued > 0;
         }
         (Op::Claim { .. }, Outcome::Claim(Ok((_, from_pending)))) => {
             delta.pending -= *from_pending as i64;
@@ -659,7 +669,7 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
 /// Pairs an op's reply channel with what it produced.
 fn answer(op: Op, outcome: Outcome) -> Option<Done> {
     Some(match (op, outcome) {
-        (Op::Apply { reply, .. }, Outcome::Count(r)) => Done::Count(reply, r),
+        (Op::Apply { reply, .. }, Outcome::Applied(r)) => Done::Count(reply, r.map(|a| a.stored)),
         (Op::Claim { reply, .. }, Outcome::Claim(r)) => Done::Claim(reply, r.map(|(jobs, _)| jobs)),
         (Op::Complete(_, tx), Outcome::Complete(r)) => Done::Unit(tx, r.map(drop)),
         (Op::Reject(_, _, tx), Outcome::Unit(r))
@@ -697,47 +707,74 @@ fn fail_op(op: Op, e: &StoreError) {
     }
 }
 
+/// What [`apply`] stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Messages stored (not stored before).
+    pub stored: usize,
+    /// Jobs enqueued for workers.
+    pub enqueued: usize,
+}
+
 /// Stores journal records: the acknowledged messages with their dedup
-/// keys and `classify` jobs, the events, and the journal position they
-/// reach, all in one transaction. Dedup was decided on the journal
-/// thread; a key's row is simply taken over here (it was absent or past
-/// the window). A message already stored is skipped, so applying a record
-/// twice stores it once.
+/// keys, and the events, and the journal position they reach, all in one
+/// transaction. Each message gets a queued `classify` job, or with
+/// `inline` is classified right here (see [`InlineClassify`]). Dedup was
+/// decided on the journal thread; a key's row is simply taken over here
+/// (it was absent or past the window). A message already stored is
+/// skipped, so applying a record twice stores it once.
 pub(super) fn apply(
     c: &Connection,
     entries: &[Entry],
     upto: u64,
-) -> Result<usize, rusqlite::Error> {
-    let mut stored = 0;
+    inline: Option<&InlineClassify>,
+) -> Result<Applied, rusqlite::Error> {
+    let mut out = Applied::default();
     let mut dedup = c.prepare_cached(
         "INSERT INTO dedup (source, key, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (source, key) DO UPDATE
            SET message_id = excluded.message_id, seen_at = excluded.seen_at",
     )?;
     let mut msg = c.prepare_cached(
-        "INSERT OR IGNORE INTO messages (id, source, external_id, contact, received_at, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut job = c.prepare_cached(
-        "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+        "INSERT OR IGNORE INTO messages
+           (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for e in entries {
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
+            let classified = match inline {
+                Some(ic) => Some(classify_inline(c, ic, &e.source, m, e.now)?),
+                None => None,
+            };
             let inserted = msg.execute(params![
                 m.id,
                 e.source,
                 m.external_id,
                 m.contact,
                 e.now,
-                m.doc
+                m.doc,
+                classified.as_ref().map(|k| k.intent_json.as_str()),
+                classified.as_ref().map(|k| k.intent.label.as_str()),
+                classified.as_ref().and_then(|k| k.conversation.as_deref()),
             ])?;
             if inserted == 0 {
                 continue;
             }
-            job.execute(params![m.id, e.source, CLASSIFY, e.now])?;
-            stored += 1;
+            out.stored += 1;
+            match (inline, classified) {
+                (Some(ic), Some(k)) => {
+                    out.enqueued += classified_inline(c, ic, &e.source, &m.id, &k, e.now)?;
+                }
+                _ => {
+                    c.prepare_cached(
+                        "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
+                         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                    )?
+                    .execute(params![m.id, e.source, CLASSIFY, e.now])?;
+                    out.enqueued += 1;
+                }
+            }
         }
         for ev in &e.events {
             insert_event(c, &e.source, ev, e.now)?;
@@ -745,7 +782,82 @@ pub(super) fn apply(
     }
     c.prepare_cached("UPDATE journal_state SET applied = ?1 WHERE id = 1")?
         .execute(params![upto as i64])?;
-    Ok(stored)
+    Ok(out)
+}
+
+/// A message classified on the writer, before its row is written.
+struct Classified {
+    intent: Intent,
+    intent_json: String,
+    conversation: Option<String>,
+}
+
+/// The rules' intent and the conversation of a message about to be stored:
+/// the contact's latest conversation while its last message is within the
+/// session TTL (a sliding window), else a new one. Messages are applied in
+/// arrival order, so "latest" is the one before this message.
+fn classify_inline(
+    c: &Connection,
+    ic: &InlineClassify,
+    source: &str,
+    m: &super::record::Row,
+    at: Millis,
+) -> Result<Classified, rusqlite::Error> {
+    /// Only the text is read out of the stored document.
+    #[derive(serde::Deserialize)]
+    struct Text<'a> {
+        #[serde(borrow, default)]
+        text: Option<std::borrow::Cow<'a, str>>,
+    }
+    let text = serde_json::from_str::<Text<'_>>(&m.doc)
+        .ok()
+        .and_then(|t| t.text);
+    let intent = (ic.classify)(text.as_deref());
+    let intent_json = serde_json::to_string(&intent).unwrap_or_default();
+    let conversation = match &m.contact {
+        None => None,
+        Some(contact) => Some(
+            match super::queries::last_conversation(c, source, contact)? {
+                Some((id, last_at)) if (at - last_at).abs() <= ic.session_ttl_ms => id,
+                _ => ConversationId::generate().to_string(),
+            },
+        ),
+    };
+    Ok(Classified {
+        intent,
+        intent_json,
+        conversation,
+    })
+}
+
+/// The rest of an inline classification once the row is stored: the
+/// `classify` job, done, with its attempt; the opt-out registry; the
+/// source's actions. Returns how many jobs were enqueued.
+fn classified_inline(
+    c: &Connection,
+    ic: &InlineClassify,
+    source: &str,
+    message_id: &str,
+    k: &Classified,
+    now: Millis,
+) -> Result<usize, rusqlite::Error> {
+    c.prepare_cached(
+        "INSERT INTO jobs (message_id, source, action, status, attempts, run_at, updated_at)
+         VALUES (?1, ?2, ?3, 'done', 1, ?4, ?4)",
+    )?
+    .execute(params![message_id, source, CLASSIFY, now])?;
+    let attempt = AttemptRecord {
+        action: CLASSIFY.to_string(),
+        destination: None,
+        outcome: "success".to_string(),
+        status_code: None,
+        duration_ms: 0,
+        error: None,
+    };
+    record_attempt(c, c.last_insert_rowid(), message_id, &attempt, now)?;
+    record_opt_state(c, message_id, &k.intent, now)?;
+    let actions = ic.follow_ups.get(source).map(Vec::as_slice).unwrap_or(&[]);
+    enqueue_follow_ups(c, message_id, actions, now)
 }
 
 fn insert_event(
@@ -907,37 +1019,57 @@ fn complete(
             done.set_conversation
         ])?;
     }
-    if let Some(intent) = &done.set_intent
-        && (intent.label == "opt_out" || intent.label == "opt_in")
-    {
-        // Newer arrivals win, whatever order classification ran in.
-        c.prepare_cached(
-            "INSERT INTO opt_outs (source, contact, opted_out, message_id, updated_at)
-             SELECT source, contact, ?2, id, ?3 FROM messages WHERE id = ?1 AND contact IS NOT NULL
-             ON CONFLICT (source, contact) DO UPDATE
-               SET opted_out = excluded.opted_out, message_id = excluded.message_id,
-                   updated_at = excluded.updated_at
-               WHERE excluded.message_id > opt_outs.message_id",
-        )?
-        .execute(params![
-            done.message_id,
-            intent.label == "opt_out",
-            done.now
-        ])?;
+    if let Some(intent) = &done.set_intent {
+        record_opt_state(c, &done.message_id, intent, done.now)?;
     }
     let mut inserted = 0;
     if matches!(done.next, JobNext::Done) {
-        // Guarded so a re-run classify (replay) never doubles the actions.
-        let mut job = c.prepare_cached(
-            "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
-             SELECT id, source, ?2, 'pending', ?3, ?3 FROM messages WHERE id = ?1
-               AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = ?1 AND action = ?2)",
-        )?;
-        for action in &done.follow_ups {
-            inserted += job.execute(params![done.message_id, action, done.now])?;
-        }
+        inserted = enqueue_follow_ups(c, &done.message_id, &done.follow_ups, done.now)?;
     }
     Ok(Some(inserted))
+}
+
+/// Updates the opt-out registry when `intent` opts the message's contact
+/// out or back in. Newer arrivals win, whatever order classification ran in.
+fn record_opt_state(
+    c: &Connection,
+    message_id: &str,
+    intent: &Intent,
+    now: Millis,
+) -> Result<(), rusqlite::Error> {
+    if intent.label != "opt_out" && intent.label != "opt_in" {
+        return Ok(());
+    }
+    c.prepare_cached(
+        "INSERT INTO opt_outs (source, contact, opted_out, message_id, updated_at)
+         SELECT source, contact, ?2, id, ?3 FROM messages WHERE id = ?1 AND contact IS NOT NULL
+         ON CONFLICT (source, contact) DO UPDATE
+           SET opted_out = excluded.opted_out, message_id = excluded.message_id,
+               updated_at = excluded.updated_at
+           WHERE excluded.message_id > opt_outs.message_id",
+    )?
+    .execute(params![message_id, intent.label == "opt_out", now])?;
+    Ok(())
+}
+
+/// Enqueues `actions` for a classified message; returns how many were new.
+/// Guarded so a re-run classify (replay) never doubles the actions.
+fn enqueue_follow_ups(
+    c: &Connection,
+    message_id: &str,
+    actions: &[String],
+    now: Millis,
+) -> Result<usize, rusqlite::Error> {
+    let mut job = c.prepare_cached(
+        "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
+         SELECT id, source, ?2, 'pending', ?3, ?3 FROM messages WHERE id = ?1
+           AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = ?1 AND action = ?2)",
+    )?;
+    let mut inserted = 0;
+    for action in actions {
+        inserted += job.execute(params![message_id, action, now])?;
+    }
+    Ok(inserted)
 }
 
 fn record_attempt(
