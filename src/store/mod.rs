@@ -30,6 +30,9 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// The intent of a message with this text, by rules alone.
+pub type RulesFn = dyn Fn(Option<&str>) -> Intent + Send + Sync;
+
 /// Classification the store runs itself while it stores a message, in the
 /// same transaction, when it needs no I/O (the rules classifier, no LLM):
 /// the message is stored classified and in its conversation, its
@@ -40,7 +43,7 @@ pub fn now_millis() -> Millis {
 /// worker's run of the job.
 pub struct InlineClassify {
     /// The rules: the intent of a message with this text.
-    pub classify: Box<dyn Fn(Option<&str>) -> Intent + Send + Sync>,
+    pub classify: Box<RulesFn>,
     /// Action names to enqueue once classified, per source.
     pub follow_ups: std::collections::HashMap<String, Vec<String>>,
     /// `conversations.session_ttl` in milliseconds.
