@@ -43,22 +43,23 @@ impl App {
             .collect();
         let store: Arc<dyn Store> = match config.sqlite_path() {
             Some(path) => {
-                let store = SqliteStore::open(
-                    &path,
-                    config.store.busy_timeout.0,
-                    config.store.max_rejections,
-                )
-                .with_context(|| format!("opening the store at {}", path.display()))?;
-                store.set_max_backlog(config.store.max_backlog);
-                if config.classifier.llm.is_none() {
-                    // The rules need no I/O: classify while storing.
+                // Without an LLM the rules need no I/O: classify while storing.
+                let inline = config.classifier.llm.is_none().then(|| {
                     let rules = rules.clone();
-                    store.classify_inline(InlineClassify {
+                    InlineClassify {
                         classify: Box::new(move |text| rules.classify(text)),
                         follow_ups: follow_ups.clone(),
                         session_ttl_ms: config.conversations.session_ttl.0.as_millis() as Millis,
-                    });
-                }
+                    }
+                });
+                let store = SqliteStore::open_with(
+                    &path,
+                    config.store.busy_timeout.0,
+                    config.store.max_rejections,
+                    inline,
+                )
+                .with_context(|| format!("opening the store at {}", path.display()))?;
+                store.set_max_backlog(config.store.max_backlog);
                 Arc::new(store)
             }
             None => anyhow::bail!(

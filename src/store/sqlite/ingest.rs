@@ -64,8 +64,7 @@ pub struct Progress {
     /// Counts the backlog (messages journaled, not yet applied) for
     /// `/health` and for `max_backlog`.
     pub gauges: Arc<QueueGauges>,
-    /// Set once at startup when classification needs no I/O; records
-    /// applied before that get a queued `classify` job instead.
+    /// Set at open when classification needs no I/O.
     pub inline: std::sync::OnceLock<Arc<InlineClassify>>,
 }
 

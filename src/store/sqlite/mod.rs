@@ -106,13 +106,17 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// came before SQLite had them), in transactions of about a thousand
 /// records, each synced (`conn` still runs `synchronous=FULL`). Returns
 /// the journal's end and how many messages were stored.
-fn replay(conn: &Connection, dir: &Path) -> Result<(u64, usize), StoreError> {
+fn replay(
+    conn: &Connection,
+    dir: &Path,
+    inline: Option<&InlineClassify>,
+) -> Result<(u64, usize), StoreError> {
     let from = writer::applied_position(conn).map_err(map_err)?;
     let mut entries = Vec::new();
     let mut stored = 0;
     let mut flush = |entries: &mut Vec<record::Entry>, upto: u64| -> Result<(), StoreError> {
         let tx = conn.unchecked_transaction().map_err(map_err)?;
-        stored += writer::apply(&tx, entries, upto, None)
+        stored += writer::apply(&tx, entries, upto, inline)
             .map_err(map_err)?
             .stored;
         tx.commit().map_err(map_err)?;
@@ -169,12 +173,26 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`; messages get a
+    /// queued `classify` job each.
     pub fn open(
         path: &Path,
         busy_timeout: Duration,
         max_rejections: u64,
     ) -> Result<Self, StoreError> {
+        Self::open_with(path, busy_timeout, max_rejections, None)
+    }
+
+    /// [`SqliteStore::open`], classifying messages while storing them when
+    /// `inline` is given (see [`InlineClassify`]), the journal's backlog
+    /// from the last run included.
+    pub fn open_with(
+        path: &Path,
+        busy_timeout: Duration,
+        max_rejections: u64,
+        inline: Option<InlineClassify>,
+    ) -> Result<Self, StoreError> {
+        let inline = inline.map(Arc::new);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
@@ -214,7 +232,7 @@ impl SqliteStore {
         // Records acknowledged before the last stop but not yet stored:
         // stored now, before anything new is accepted.
         let journal_dir = path.with_extension("journal");
-        let (end, replayed) = replay(&conn, &journal_dir)?;
+        let (end, replayed) = replay(&conn, &journal_dir, inline.as_deref())?;
         if replayed > 0 {
             tracing::info!(
                 messages = replayed,
@@ -264,6 +282,9 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
 
         let progress = Arc::new(Progress::new(end, DEFAULT_MAX_BACKLOG, gauges.clone()));
+        if let Some(inline) = inline {
+            let _ = progress.inline.set(inline);
+        }
         let (wake_tx, wake_rx) = std::sync::mpsc::channel();
         let applier = Applier {
             reader: JournalReader::new(&journal_dir),
@@ -312,12 +333,6 @@ impl SqliteStore {
     /// (`store.max_backlog`); past it, ingest answers 503.
     pub fn set_max_backlog(&self, n: u64) {
         self.progress.max_backlog.store(n, Ordering::Relaxed);
-    }
-
-    /// Classify messages while storing them from now on (see
-    /// [`InlineClassify`]). Set once; a second call changes nothing.
-    pub fn classify_inline(&self, inline: InlineClassify) {
-        let _ = self.progress.inline.set(Arc::new(inline));
     }
 
     /// Waits (bounded) until SQLite holds everything acknowledged so far,

@@ -10,6 +10,7 @@
 //! already runs the next round. So each fsync is shared by every request
 //! that arrived meanwhile, and no op waits for a commit to start.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -635,6 +636,10 @@ fn account(op: &Op, outcome: &Outcome, open: &mut Open) {
         (Op::Apply { .. }, Outcome::Applied(Ok(a))) => {
             delta.pending += a.enqueued as i64;
             *wake |= a.enqueued > 0;
+            if a.classified > 0 {
+                metrics::counter!("inlet_job_attempts_total", "action" => CLASSIFY, "outcome" => "success")
+                    .increment(a.classified as u64);
+            }
         }
         (Op::Claim { .. }, Outcome::Claim(Ok((_, from_pending)))) => {
             delta.pending -= *from_pending as i64;
@@ -714,6 +719,8 @@ pub struct Applied {
     pub stored: usize,
     /// Jobs enqueued for workers.
     pub enqueued: usize,
+    /// Messages classified inline (each one `classify` attempt).
+    pub classified: usize,
 }
 
 /// Stores journal records: the acknowledged messages with their dedup
@@ -730,6 +737,9 @@ pub(super) fn apply(
     inline: Option<&InlineClassify>,
 ) -> Result<Applied, rusqlite::Error> {
     let mut out = Applied::default();
+    // Each contact's latest conversation as this transaction leaves it:
+    // a burst from one contact costs one lookup.
+    let mut latest: HashMap<(&str, &str), (String, Millis)> = HashMap::new();
     let mut dedup = c.prepare_cached(
         "INSERT INTO dedup (source, key, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (source, key) DO UPDATE
@@ -744,7 +754,7 @@ pub(super) fn apply(
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
             let classified = match inline {
-                Some(ic) => Some(classify_inline(c, ic, &e.source, m, e.now)?),
+                Some(ic) => Some(classify_inline(c, ic, &e.source, m, e.now, &latest)?),
                 None => None,
             };
             let inserted = msg.execute(params![
@@ -765,6 +775,10 @@ pub(super) fn apply(
             match (inline, classified) {
                 (Some(ic), Some(k)) => {
                     out.enqueued += classified_inline(c, ic, &e.source, &m.id, &k, e.now)?;
+                    out.classified += 1;
+                    if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
+                        latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
+                    }
                 }
                 _ => {
                     c.prepare_cached(
@@ -802,6 +816,7 @@ fn classify_inline(
     source: &str,
     m: &super::record::Row,
     at: Millis,
+    latest: &HashMap<(&str, &str), (String, Millis)>,
 ) -> Result<Classified, rusqlite::Error> {
     /// Only the text is read out of the stored document.
     #[derive(serde::Deserialize)]
@@ -816,12 +831,19 @@ fn classify_inline(
     let intent_json = serde_json::to_string(&intent).unwrap_or_default();
     let conversation = match &m.contact {
         None => None,
-        Some(contact) => Some(
-            match super::queries::last_conversation(c, source, contact)? {
+        Some(contact) => {
+            let last = match latest.get(&(source, contact.as_str())) {
+                Some((id, last_at)) => Some((id.clone(), *last_at)),
+                None => {
+                    metrics::counter!("inlet_conversation_lookups_total").increment(1);
+                    super::queries::last_conversation(c, source, contact)?
+                }
+            };
+            Some(match last {
                 Some((id, last_at)) if (at - last_at).abs() <= ic.session_ttl_ms => id,
                 _ => ConversationId::generate().to_string(),
-            },
-        ),
+            })
+        }
     };
     Ok(Classified {
         intent,
