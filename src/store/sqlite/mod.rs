@@ -854,6 +854,7 @@ mod tests {
         let stored = |n| writer::Applied {
             stored: n,
             enqueued: n,
+            classified: 0,
         };
         assert_eq!(writer::apply(&conn, &entries, 10, None).unwrap(), stored(1));
         assert_eq!(writer::apply(&conn, &entries, 10, None).unwrap(), stored(0));
