@@ -1,0 +1,36 @@
+#!/bin/bash
+# CPU and disk bytes per message of one inlet binary at a fixed rate:
+#   scripts/bench-cpu.sh NAME BINARY PORT     (RATE=5000 DURATION=6)
+# Starts BINARY on a fresh store (temp dir, 127.0.0.1:PORT), sends RATE/s
+# for DURATION seconds with `inlet bench`, waits for the job queue to empty, and
+# prints each thread group's utime+stime per message (from
+# /proc/<pid>/task/*/stat), the total, and write_bytes per message from
+# /proc/<pid>/io. Loopback only; the server is stopped at the end.
+set -u
+name=$1; bin=$(realpath "$2"); port=$3
+RATE=${RATE:-5000}; SECONDS_RUN=${DURATION:-6}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+d=$(mktemp -d "${TMPDIR:-/tmp}/inlet-cpu.XXXXXX")
+(cd "$d" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$port exec "$bin" serve > log 2>&1) &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$d"' EXIT
+sleep 2
+snap() {
+  for t in /proc/$pid/task/*; do
+    c=$(cat "$t/comm"); s=($(cut -d' ' -f14,15 "$t/stat")); echo "$c $((s[0]+s[1]))"
+  done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
+}
+snap > "$d/before"; wb0=$(awk '/^write_bytes/ {print $2}' /proc/$pid/io)
+"$ROOT/target/release/inlet" bench --url "http://127.0.0.1:$port/hooks/sms" --rate "$RATE" \
+  --duration "$SECONDS_RUN" --warmup 0 --connections 64 --quiet --json > "$d/r.json"
+for _ in $(seq 240); do
+  q=$(curl -s "127.0.0.1:$port/health" | python3 -c 'import sys,json; q=json.load(sys.stdin)["queue"]; print(q["pending"]+q["in_flight"])')
+  [ "$q" = 0 ] && break; sleep 0.5
+done
+snap > "$d/after"; wb1=$(awk '/^write_bytes/ {print $2}' /proc/$pid/io)
+n=$(python3 -c 'import json; print(json.load(open("'"$d/r.json"'"))["ok"])' 2>/dev/null || echo $((RATE*SECONDS_RUN)))
+hz=$(getconf CLK_TCK)
+join "$d/before" "$d/after" | awk -v n="$n" -v hz="$hz" -v name="$name" \
+  '{d=$3-$2; tot+=d; printf "%s %-18s %6.1f us/msg\n", name, $1, d*1e6/hz/n} END {printf "%s %-18s %6.1f us/msg\n", name, "TOTAL", tot*1e6/hz/n}'
+echo "$name disk write_bytes: $(( (wb1-wb0)/n )) B/msg over $n messages"
+python3 -c 'import json; d=json.load(open("'"$d/r.json"'")); print("'"$name"'", d["ok_rps"], "2xx/s", d["latency_ms"])'
