@@ -57,7 +57,11 @@ pub struct DedupIndex {
     /// Random per process: the map is rebuilt at every start, and nobody
     /// outside can aim keys at one hash.
     hasher: RandomState,
-    seen: HashMap<u64, Millis, BuildHasherDefault<Identity>>,
+    /// Hash -> latest `seen_at`, in [`SHARDS`] maps by the hash's top
+    /// bits: a map doubles by rehashing all it holds, on the journal
+    /// thread, and one map of two million keys took tens of milliseconds
+    /// to do it; a shard holds a 64th of that.
+    seen: Vec<HashMap<u64, Millis, BuildHasherDefault<Identity>>>,
     /// The oldest `seen_at` in `seen` (a lower bound): pruning is skipped
     /// while nothing can have left the window.
     oldest: Millis,
@@ -73,12 +77,19 @@ impl Default for DedupIndex {
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
-            seen: HashMap::default(),
+            seen: (0..SHARDS).map(|_| HashMap::default()).collect(),
             oldest: Millis::MAX,
             pending: HashMap::new(),
             order: VecDeque::new(),
         }
     }
+}
+
+/// How many maps `seen` is split into (a power of two).
+const SHARDS: usize = 64;
+
+fn shard(hash: u64) -> usize {
+    (hash >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
 fn joined(source: &str, key: &str) -> String {
@@ -99,7 +110,7 @@ impl DedupIndex {
     }
 
     fn note(&mut self, hash: u64, seen_at: Millis) {
-        let e = self.seen.entry(hash).or_insert(seen_at);
+        let e = self.seen[shard(hash)].entry(hash).or_insert(seen_at);
         *e = (*e).max(seen_at);
         self.oldest = self.oldest.min(seen_at);
     }
@@ -124,7 +135,7 @@ impl DedupIndex {
     ) -> Result<Option<PendingKey>, crate::store::StoreError> {
         let h = self.hash(source, key);
         let joined = joined(source, key);
-        let new = match self.seen.get(&h) {
+        let new = match self.seen[shard(h)].get(&h) {
             None => true,
             Some(latest) if *latest < cutoff => true,
             Some(_) => match self.pending.get(&joined) {
@@ -179,8 +190,15 @@ impl DedupIndex {
         if self.oldest >= cutoff {
             return;
         }
-        self.seen.retain(|_, at| *at >= cutoff);
-        self.oldest = self.seen.values().copied().min().unwrap_or(Millis::MAX);
+        for map in &mut self.seen {
+            map.retain(|_, at| *at >= cutoff);
+        }
+        self.oldest = self
+            .seen
+            .iter()
+            .flat_map(|m| m.values().copied())
+            .min()
+            .unwrap_or(Millis::MAX);
     }
 
     /// Keys journaled and not yet applied.
@@ -191,7 +209,7 @@ impl DedupIndex {
 
     #[cfg(test)]
     fn hashes(&self) -> usize {
-        self.seen.len()
+        self.seen.iter().map(HashMap::len).sum()
     }
 }
 
