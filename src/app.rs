@@ -88,7 +88,7 @@ impl App {
         );
         let actions = Actions {
             classify: Some(Arc::new(ClassifyAction {
-                rules: rules.clone(),
+                rules,
                 llm: config.classifier.llm.as_ref().map(|llm| {
                     Arc::new(crate::pipeline::llm::LlmClassifier::new(
                         llm,

@@ -96,14 +96,10 @@ impl Action for ClassifyAction {
         }
         let contact = job.message.get("from").and_then(|f| f.as_str());
         // A replayed message stays in the conversation it was given.
-        let assigned = job
-            .message
-            .get("conversation_id")
-            .and_then(|c| c.as_str())
-            .map(str::to_string);
-        let conversation = match (&self.conversations, contact) {
-            _ if assigned.is_some() => assigned,
-            (Some(convs), Some(contact)) => {
+        let assigned = job.message.get("conversation_id").and_then(|c| c.as_str());
+        let conversation = match (assigned, &self.conversations, contact) {
+            (Some(given), _, _) => Some(given.to_string()),
+            (None, Some(convs), Some(contact)) => {
                 let at = received_millis(&job.message);
                 Some(convs.assign(&job.source, contact, at).await.map_err(|e| {
                     ActionError::Retryable {
@@ -204,5 +200,42 @@ impl Actions {
         self.by_source
             .get(&(source.to_string(), action.to_string()))
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replayed_message_keeps_its_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("inlet.db"),
+            Duration::from_secs(1),
+            10,
+        )
+        .unwrap();
+        let action = ClassifyAction {
+            rules: RulesClassifier::new(&[]).unwrap(),
+            llm: None,
+            // With nothing stored for the contact, a lookup would open a
+            // new conversation.
+            conversations: Some(Conversations::new(Arc::new(store), Duration::from_secs(60))),
+            follow_ups: HashMap::new(),
+        };
+        let job = ClaimedJob {
+            job_id: 1,
+            message_id: "msg_1".into(),
+            source: "sms".into(),
+            action: CLASSIFY.into(),
+            attempts: 1,
+            message: serde_json::json!({
+                "text": "hi", "from": "+15550001", "conversation_id": "conv_given",
+                "received_at": "2026-01-01T00:00:00Z"
+            }),
+        };
+        let out = action.run(&job).await.unwrap();
+        assert_eq!(out.set_conversation.as_deref(), Some("conv_given"));
     }
 }

@@ -43,8 +43,8 @@ const MAX_GROUP: usize = 1024;
 const MAX_APPLY_BYTES: usize = 1024 * 1024;
 /// While the backlog is small, at most one apply per this interval. Each
 /// commit rewrites every page it touches (a dozen b-trees per message), so
-/// applying each synced group on its own wrote about 120 KB to disk per
-/// message at 1,000/s; gathering the records of 20 ms shares those pages
+/// applying each synced group on its own had the process write 59 KB per
+/// message (syscall bytes, 1,000/s); gathering the records of 20 ms: 12 KB
 /// (BENCHMARKS.md). Only background work waits for it.
 pub const APPLY_EVERY: Duration = Duration::from_millis(20);
 /// Pruning of expired hashes is considered this often.
@@ -64,8 +64,6 @@ pub struct Progress {
     /// Counts the backlog (messages journaled, not yet applied) for
     /// `/health` and for `max_backlog`.
     pub gauges: Arc<QueueGauges>,
-    /// Set at open when classification needs no I/O.
-    pub inline: std::sync::OnceLock<Arc<InlineClassify>>,
 }
 
 impl Progress {
@@ -76,7 +74,6 @@ impl Progress {
             max_backlog: AtomicU64::new(max_backlog),
             broken: AtomicBool::new(false),
             gauges,
-            inline: std::sync::OnceLock::new(),
         }
     }
 
@@ -271,6 +268,8 @@ pub struct Applier {
     pub progress: Arc<Progress>,
     pub writer: mpsc::Sender<Op>,
     pub wake: std::sync::mpsc::Receiver<()>,
+    /// Classify while storing (see [`InlineClassify`]), when set at open.
+    pub inline: Option<Arc<InlineClassify>>,
     /// The segment being read when segments were last deleted (or first
     /// read): once reading moves on, the ones before are deleted.
     pub swept: Option<u64>,
@@ -343,7 +342,7 @@ impl Applier {
         self.call(|reply| Op::Apply {
             entries,
             upto: end,
-            inline: self.progress.inline.get().cloned(),
+            inline: self.inline.clone(),
             reply,
         })?;
         // Applied: the keys are found in SQLite from now on.

@@ -282,15 +282,13 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
 
         let progress = Arc::new(Progress::new(end, DEFAULT_MAX_BACKLOG, gauges.clone()));
-        if let Some(inline) = inline {
-            let _ = progress.inline.set(inline);
-        }
         let (wake_tx, wake_rx) = std::sync::mpsc::channel();
         let applier = Applier {
             reader: JournalReader::new(&journal_dir),
             progress: progress.clone(),
             writer: tx.clone(),
             wake: wake_rx,
+            inline,
             swept: None,
         };
         std::thread::Builder::new()
@@ -832,25 +830,38 @@ mod tests {
         assert_eq!(stored(&store).await, 3);
     }
 
-    #[test]
-    fn applying_a_record_twice_stores_it_once() {
+    /// A new, migrated database in a temp dir, and a connection to it.
+    fn fresh_db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inlet.db");
         drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
         let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
-        let entry = record::Entry {
+        (dir, conn)
+    }
+
+    /// One journal record of source `sms` received at `now`.
+    fn entry(now: Millis, messages: Vec<record::Row>) -> record::Entry {
+        record::Entry {
             source: "sms".into(),
-            now: now_millis(),
-            messages: vec![record::Row {
+            now,
+            messages,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn applying_a_record_twice_stores_it_once() {
+        let (_dir, conn) = fresh_db();
+        let entries = [entry(
+            now_millis(),
+            vec![record::Row {
                 id: MessageId::generate().to_string(),
                 external_id: "g".into(),
                 dedup_key: "g".into(),
                 contact: None,
                 doc: "{}".into(),
             }],
-            events: Vec::new(),
-        };
-        let entries = [entry];
+        )];
         let stored = |n| writer::Applied {
             stored: n,
             enqueued: n,
@@ -886,18 +897,10 @@ mod tests {
 
     #[test]
     fn inline_classification_stores_the_message_done_once_with_its_attempt_and_actions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("inlet.db");
-        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
-        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let (_dir, conn) = fresh_db();
         let m = row("g1", "+15550001", "STOP");
         let id = m.id.clone();
-        let entries = [record::Entry {
-            source: "sms".into(),
-            now: now_millis(),
-            messages: vec![m],
-            events: Vec::new(),
-        }];
+        let entries = [entry(now_millis(), vec![m])];
         let ic = inline_rules();
         let first = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
         // Only the follow-up is left for workers; applying again adds nothing.
@@ -948,10 +951,7 @@ mod tests {
 
     #[test]
     fn inline_conversations_slide_with_each_message_of_a_contact() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("inlet.db");
-        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
-        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let (_dir, conn) = fresh_db();
         let ic = inline_rules();
         let t0 = now_millis();
         // 50 s apart each (TTL 60 s): one conversation however long it
@@ -968,12 +968,7 @@ mod tests {
         for (n, (guid, contact, at)) in plan.iter().enumerate() {
             let m = row(guid, contact, "hello");
             ids.push(m.id.clone());
-            let entries = [record::Entry {
-                source: "sms".into(),
-                now: *at,
-                messages: vec![m],
-                events: Vec::new(),
-            }];
+            let entries = [entry(*at, vec![m])];
             writer::apply(&conn, &entries, n as u64 + 1, Some(&ic)).unwrap();
         }
         let conv = |id: &String| -> String {

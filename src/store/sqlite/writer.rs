@@ -754,7 +754,7 @@ pub(super) fn apply(
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
             let classified = match inline {
-                Some(ic) => Some(classify_inline(c, ic, &e.source, m, e.now, &latest)?),
+                Some(ic) => Some(classify_for_insert(c, ic, &e.source, m, e.now, &latest)?),
                 None => None,
             };
             let inserted = msg.execute(params![
@@ -772,15 +772,15 @@ pub(super) fn apply(
                 continue;
             }
             out.stored += 1;
-            match (inline, classified) {
-                (Some(ic), Some(k)) => {
-                    out.enqueued += classified_inline(c, ic, &e.source, &m.id, &k, e.now)?;
+            match inline.zip(classified) {
+                Some((ic, k)) => {
+                    out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
-                _ => {
+                None => {
                     c.prepare_cached(
                         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
                          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
@@ -810,7 +810,7 @@ struct Classified {
 /// the contact's latest conversation while its last message is within the
 /// session TTL (a sliding window), else a new one. Messages are applied in
 /// arrival order, so "latest" is the one before this message.
-fn classify_inline(
+fn classify_for_insert(
     c: &Connection,
     ic: &InlineClassify,
     source: &str,
@@ -855,7 +855,7 @@ fn classify_inline(
 /// The rest of an inline classification once the row is stored: the
 /// `classify` job, done, with its attempt; the opt-out registry; the
 /// source's actions. Returns how many jobs were enqueued.
-fn classified_inline(
+fn record_inline_classify(
     c: &Connection,
     ic: &InlineClassify,
     source: &str,
