@@ -2,8 +2,9 @@
 //! but start no processing (status callbacks, our own outgoing messages,
 //! other event types, quarantined bodies).
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{MessageId, PhoneNumber};
 
@@ -52,7 +53,50 @@ pub struct InboundMessage {
     pub text: Option<String>,
     pub media: Vec<Media>,
     pub received_at: String,
-    pub raw: Value,
+    pub raw: RawJson,
+}
+
+/// A message's payload as the provider sent it (or, where one request
+/// carries several messages, the part about this one): JSON text, written
+/// into the stored document as it is. Kept as text rather than a
+/// `serde_json::Value` tree because the ingest path only ever copies it:
+/// building, cloning and re-serializing the tree was a third of the
+/// request handler's instructions for an SMS message (BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// JSON text a parser has already checked.
+    pub fn from_raw(raw: &RawValue) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as a `Value`, for reading fields out of it.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(v: Value) -> Self {
+        Self(serde_json::value::to_raw_value(&v).expect("a JSON value always serializes"))
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// Something stored and acknowledged that counts in neither `accepted` nor

@@ -19,12 +19,14 @@ impl PhoneNumber {
             return None;
         }
         if let Some(rest) = t.strip_prefix('+') {
-            let digits: String = rest.chars().filter(|c| c.is_ascii_digit()).collect();
             let only_formatting = rest
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '(' | ')' | '.'));
-            if !digits.is_empty() && only_formatting {
-                return Some(Self(format!("+{digits}")));
+                .bytes()
+                .all(|c| c.is_ascii_digit() || matches!(c, b' ' | b'-' | b'(' | b')' | b'.'));
+            if only_formatting && rest.bytes().any(|c| c.is_ascii_digit()) {
+                let mut e164 = String::with_capacity(t.len());
+                e164.push('+');
+                e164.extend(rest.chars().filter(char::is_ascii_digit));
+                return Some(Self(e164));
             }
         }
         Some(Self(t.to_string()))

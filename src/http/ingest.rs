@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -37,12 +37,13 @@ pub const REDACTED_HEADERS: &[&str] = &[
 pub async fn receive(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
+    // The parts by reference: the extractors for method, URI and headers
+    // would each clone them.
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
     let (label, result) = match st.sources.get(&name) {
         None => (
             "unknown",
@@ -50,7 +51,7 @@ pub async fn receive(
         ),
         Some(source) => (
             source.config.name.as_str(),
-            accept(&st, source, &method, &uri, &headers, body).await,
+            accept(&st, source, &parts.method, &parts.uri, headers, body).await,
         ),
     };
     let response = match result {
@@ -59,7 +60,7 @@ pub async fn receive(
             resp
         }
         Err((err, body)) => {
-            log_rejection(&st, &name, st.sources.get(&name), &err, &headers, &body).await;
+            log_rejection(&st, &name, st.sources.get(&name), &err, headers, &body).await;
             err.into_response()
         }
     };

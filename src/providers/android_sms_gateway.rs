@@ -161,7 +161,7 @@ impl Provider for AndroidSmsGateway {
                 text: received.message,
                 media: Vec::new(),
                 received_at: ctx.received_at.to_string(),
-                raw: body,
+                raw: body.into(),
             }],
             events: Vec::new(),
         })
@@ -271,15 +271,21 @@ mod tests {
         assert_eq!(m.from.as_ref().unwrap().as_str(), "6505551212");
         assert_eq!(m.to, None);
         assert_eq!(m.text.as_deref(), Some("Android is always a sweet treat!"));
-        assert_eq!(m.raw["payload"]["messageId"], "abc123");
-        assert_eq!(m.raw["deviceId"], "ffffffffceb0b1db0000018e937c815b");
+        assert_eq!(m.raw.to_value()["payload"]["messageId"], "abc123");
+        assert_eq!(
+            m.raw.to_value()["deviceId"],
+            "ffffffffceb0b1db0000018e937c815b"
+        );
     }
 
     #[test]
     fn same_content_message_id_with_different_envelope_ids_are_not_duplicates() {
         let a = &unsigned(RECEIVED_BODY).unwrap().messages[0];
         let b = &unsigned(INTERNATIONAL).unwrap().messages[0];
-        assert_eq!(a.raw["payload"]["messageId"], b.raw["payload"]["messageId"]);
+        assert_eq!(
+            a.raw.to_value()["payload"]["messageId"],
+            b.raw.to_value()["payload"]["messageId"]
+        );
         assert_ne!(a.dedup_key, b.dedup_key);
         assert_eq!(b.from.as_ref().unwrap().as_str(), "+16505551212");
         assert_eq!(b.text.as_deref(), Some("STOP"));

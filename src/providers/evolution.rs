@@ -193,7 +193,7 @@ impl Provider for Evolution {
                     text,
                     media,
                     received_at: ctx.received_at.to_string(),
-                    raw,
+                    raw: raw.into(),
                 }),
             }
         }
@@ -577,8 +577,8 @@ mod tests {
         assert_eq!(m.to, None);
         assert_eq!(m.text.as_deref(), Some("Sim, pode confirmar"));
         assert!(m.media.is_empty());
-        assert_eq!(m.raw["data"]["pushName"], "Leila Fernanda");
-        assert_eq!(m.raw["instance"], "sales");
+        assert_eq!(m.raw.to_value()["data"]["pushName"], "Leila Fernanda");
+        assert_eq!(m.raw.to_value()["instance"], "sales");
     }
 
     #[test]
@@ -594,8 +594,8 @@ mod tests {
     #[test]
     fn stored_raw_never_contains_the_apikey() {
         let m = one_message(CONVERSATION);
-        assert!(m.raw.get("apikey").is_none());
-        assert!(!m.raw.to_string().contains(SECRET));
+        assert!(m.raw.to_value().get("apikey").is_none());
+        assert!(!m.raw.as_str().contains(SECRET));
         let e = one_event(CONNECTION);
         assert!(!e.payload.to_string().contains(SECRET));
     }
@@ -784,7 +784,7 @@ mod tests {
             {"key": {"id": "B", "remoteJid": "2@s.whatsapp.net", "fromMe": true}}]});
         let parsed = run_at(&provider(""), &HeaderMap::new(), &body.to_string(), NOW).unwrap();
         assert_eq!(parsed.messages.len(), 1);
-        assert_eq!(parsed.messages[0].raw["data"]["key"]["id"], "A");
+        assert_eq!(parsed.messages[0].raw.to_value()["data"]["key"]["id"], "A");
         assert_eq!(parsed.events[0].external_id.as_deref(), Some("B"));
     }
 

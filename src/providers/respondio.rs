@@ -240,7 +240,7 @@ impl Provider for Respondio {
                 text,
                 media,
                 received_at: ctx.received_at.to_string(),
-                raw,
+                raw: raw.into(),
             }],
             events: Vec::new(),
         })
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(m.to, None);
         assert_eq!(m.text.as_deref(), Some("Yes, see you on Tuesday"));
         assert!(m.media.is_empty());
-        assert_eq!(m.raw["contact"]["firstName"], "Jane");
+        assert_eq!(m.raw.to_value()["contact"]["firstName"], "Jane");
     }
 
     #[test]

@@ -3,15 +3,16 @@
 //! `{"messages":[...]}`, optionally signed with a generic HMAC of the raw
 //! body (default `X-Signature: sha256=<hex>`). Dedup on `guid`.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 use crate::config::{ProviderKind, Secret, SignatureConfig, SourceConfig};
-use crate::domain::{Channel, InboundMessage, MessageId, PhoneNumber};
+use crate::domain::{Channel, InboundMessage, MessageId, PhoneNumber, RawJson};
 
-use super::{
-    ParseContext, Parsed, Provider, ProviderError, Verified, WebhookRequest, from_json, signature,
-};
+use super::{ParseContext, Parsed, Provider, ProviderError, Verified, WebhookRequest, signature};
 
 #[derive(Debug)]
 pub struct SmsGateway {
@@ -28,20 +29,119 @@ impl SmsGateway {
     }
 }
 
-/// One message on the wire. Unknown fields are allowed (apps add some) and
-/// kept in `raw`. The app's own timestamps are only type-checked here (a
-/// wrong type is a 400 naming the field); they stay in `raw`.
+/// A body (one message, or a batch when `messages` is there) or one item
+/// of a batch. Unknown fields are allowed (apps add some) and kept in
+/// `raw`. The app's own timestamps are only type-checked here (a wrong type
+/// is a 400 naming the field); they stay in `raw`. Read in one pass
+/// straight from the text (no `Value` tree); strings without escapes are
+/// borrowed, not copied. Required fields are checked after the pass, so
+/// that one pass also tells a batch from a message.
 #[derive(Debug, Deserialize)]
-struct WireMessage {
-    guid: String,
-    number: String,
-    message: Option<String>,
-    #[serde(rename = "date")]
-    _date: Option<String>,
-    #[serde(rename = "hour")]
-    _hour: Option<String>,
-    #[serde(rename = "time_received")]
-    _time_received: Option<String>,
+struct Wire<'a> {
+    /// `Some` whenever the key is there, even as `null`.
+    #[serde(borrow, default, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    guid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    number: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(rename = "date", borrow)]
+    _date: Option<Cow<'a, str>>,
+    #[serde(rename = "hour", borrow)]
+    _hour: Option<Cow<'a, str>>,
+    #[serde(rename = "time_received", borrow)]
+    _time_received: Option<Cow<'a, str>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A message's fields, checked.
+struct WireMessage<'a> {
+    guid: Cow<'a, str>,
+    number: Cow<'a, str>,
+    message: Option<Cow<'a, str>>,
+}
+
+const NOT_AN_OBJECT: &str = "body must be a JSON object: a message or {\"messages\":[...]}";
+
+fn invalid(why: impl Into<String>) -> ProviderError {
+    ProviderError::InvalidPayload(why.into())
+}
+
+/// A serde_json error without its " at line L column C" (the field path
+/// says where).
+fn reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&at).map(str::to_string).unwrap_or(text)
+}
+
+/// Reads `json`: the body (`at` empty) or the batch item at `at`.
+fn wire<'a>(json: &'a str, at: &str) -> Result<Wire<'a>, ProviderError> {
+    // An object, not an array (which serde would take as a struct too).
+    if !json.trim_start().starts_with('{') {
+        let valid = serde_json::from_str::<serde::de::IgnoredAny>(json);
+        return Err(match (at.is_empty(), valid) {
+            (true, Err(e)) => invalid(format!("body is not valid JSON: {e}")),
+            (true, Ok(_)) => invalid(NOT_AN_OBJECT),
+            (false, _) => invalid(format!("field {at}: expected a message object")),
+        });
+    }
+    // Parsed plainly first: tracking the path copies every key, so it is
+    // done only to explain a failure.
+    serde_json::from_str(json).map_err(|_| wire_error(json, at))
+}
+
+/// Why `json` could not be read, naming the field.
+fn wire_error(json: &str, at: &str) -> ProviderError {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let e = match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
+        Ok(_) => return invalid(format!("field {}: unreadable", loc(at, "."))),
+        Err(e) => e,
+    };
+    let path = e.path().to_string();
+    let inner = e.inner();
+    match (at.is_empty(), path.as_str(), inner.classify()) {
+        (true, _, Category::Syntax | Category::Eof | Category::Io) => {
+            invalid(format!("body is not valid JSON: {inner}"))
+        }
+        _ => invalid(format!("field {}: {}", loc(at, &path), reason(inner))),
+    }
+}
+
+/// Where an error is: the item's place in the batch and the field's path.
+fn loc(at: &str, path: &str) -> String {
+    let loc = [at, path]
+        .into_iter()
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect::<Vec<_>>()
+        .join(".");
+    if loc.is_empty() { "body".into() } else { loc }
+}
+
+impl<'a> Wire<'a> {
+    /// The message's required fields, or which one is missing or empty.
+    fn message(self, at: &str) -> Result<WireMessage<'a>, ProviderError> {
+        let missing =
+            |name: &str| invalid(format!("field {}: missing field `{name}`", loc(at, ".")));
+        let guid = self.guid.ok_or_else(|| missing("guid"))?;
+        let number = self.number.ok_or_else(|| missing("number"))?;
+        if guid.trim().is_empty() {
+            return Err(invalid(format!(
+                "field {}: must not be empty",
+                loc(at, "guid")
+            )));
+        }
+        Ok(WireMessage {
+            guid,
+            number,
+            message: self.message,
+        })
+    }
 }
 
 impl Provider for SmsGateway {
@@ -61,72 +161,45 @@ impl Provider for SmsGateway {
     }
 
     fn parse(&self, req: Verified<'_>, ctx: ParseContext<'_>) -> Result<Parsed, ProviderError> {
-        let body: Value = from_json(req.request().body)?;
-        let (items, prefix) = match &body {
-            Value::Object(o) if o.contains_key("messages") => match &o["messages"] {
-                Value::Array(a) if a.is_empty() => {
-                    return Err(ProviderError::InvalidPayload(
-                        "field messages: empty batch".into(),
-                    ));
+        let body = std::str::from_utf8(req.request().body)
+            .map_err(|e| invalid(format!("body is not valid JSON: not UTF-8 ({e})")))?;
+        let top = wire(body, "")?;
+        // (raw JSON text, its fields) of each message.
+        let items: Vec<(&RawValue, WireMessage)> = match top.messages {
+            None => {
+                let raw = serde_json::from_str(body).map_err(|e| invalid(format!("body: {e}")))?;
+                vec![(raw, top.message("")?)]
+            }
+            Some(list) => {
+                let list: Vec<&RawValue> = serde_json::from_str(list.get())
+                    .map_err(|_| invalid("field messages: expected an array of messages"))?;
+                if list.is_empty() {
+                    return Err(invalid("field messages: empty batch"));
                 }
-                Value::Array(a) => (a.iter().collect::<Vec<_>>(), "messages"),
-                _ => {
-                    return Err(ProviderError::InvalidPayload(
-                        "field messages: expected an array of messages".into(),
-                    ));
+                let mut items = Vec::with_capacity(list.len());
+                for (i, item) in list.into_iter().enumerate() {
+                    let at = format!("messages[{i}]");
+                    let fields = wire(item.get(), &at)?.message(&at)?;
+                    items.push((item, fields));
                 }
-            },
-            Value::Object(_) => (vec![&body], ""),
-            _ => {
-                return Err(ProviderError::InvalidPayload(
-                    "body must be a JSON object: a message or {\"messages\":[...]}".into(),
-                ));
+                items
             }
         };
         let mut messages = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let at = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}[{i}]")
-            };
-            let wire: WireMessage = serde_path_to_error::deserialize(item).map_err(|e| {
-                let inner = e.path().to_string();
-                let loc = [at.as_str(), inner.as_str()]
-                    .into_iter()
-                    .filter(|p| !p.is_empty() && *p != ".")
-                    .collect::<Vec<_>>()
-                    .join(".");
-                let loc = if loc.is_empty() {
-                    "body".to_string()
-                } else {
-                    loc
-                };
-                ProviderError::InvalidPayload(format!("field {loc}: {}", e.inner()))
-            })?;
-            if wire.guid.trim().is_empty() {
-                return Err(ProviderError::InvalidPayload(format!(
-                    "field {}guid: must not be empty",
-                    if at.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{at}.")
-                    }
-                )));
-            }
+        for (raw, wire) in items {
             messages.push(InboundMessage {
                 id: MessageId::generate(),
                 source: ctx.source.to_string(),
                 provider: ProviderKind::SmsGateway.as_str(),
-                external_id: wire.guid.clone(),
-                dedup_key: wire.guid,
+                external_id: wire.guid.to_string(),
+                dedup_key: wire.guid.into_owned(),
                 channel: Channel::Sms,
                 from: PhoneNumber::parse(&wire.number),
                 to: None,
-                text: wire.message,
+                text: wire.message.map(Cow::into_owned),
                 media: Vec::new(),
                 received_at: ctx.received_at.to_string(),
-                raw: item.clone(),
+                raw: RawJson::from_raw(raw),
             });
         }
         Ok(Parsed {
@@ -164,7 +237,7 @@ mod tests {
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+15551234567");
         assert_eq!(m.text.as_deref(), Some("Yes"));
         assert_eq!(m.channel, Channel::Sms);
-        assert_eq!(m.raw["hour"], "10:00");
+        assert_eq!(m.raw.to_value()["hour"], "10:00");
     }
 
     #[test]
@@ -196,6 +269,61 @@ mod tests {
         );
         let err = run(&p, &HeaderMap::new(), r#"{"messages":[]}"#).unwrap_err();
         assert!(err.to_string().contains("empty batch"));
+    }
+
+    #[test]
+    fn the_whole_body_is_refused_with_what_is_wrong_with_it() {
+        let p = SmsGateway::new(&source(""));
+        let err = |body: &str| run(&p, &HeaderMap::new(), body).unwrap_err().to_string();
+        assert!(
+            err("{\"guid\":").contains("body is not valid JSON"),
+            "{}",
+            err("{\"guid\":")
+        );
+        assert!(err("[1,2]").contains("body must be a JSON object"));
+        assert!(err("\"text\"").contains("body must be a JSON object"));
+        assert!(err(r#"{"messages":null}"#).contains("expected an array of messages"));
+        assert!(err(r#"{"messages":{"guid":"g"}}"#).contains("expected an array of messages"));
+        assert!(
+            err(r#"{"messages":[["g","1"]]}"#)
+                .contains("field messages[0]: expected a message object")
+        );
+        assert!(err(" [1,").contains("body is not valid JSON"));
+        assert!(err(r#"{"number":"1"}"#).ends_with("field body: missing field `guid`"));
+        assert!(err(r#"{"guid":"g"}"#).ends_with("field body: missing field `number`"));
+        assert!(err(r#"{"guid":" ","number":"1"}"#).ends_with("field guid: must not be empty"));
+        assert!(err(r#"{"guid":"g","number":"1","hour":7}"#).contains("field hour: invalid type"));
+        let batch = format!(r#"{{"messages":[{ONE},{{"guid":"g","number":"1","message":[]}}]}}"#);
+        assert!(
+            err(&batch).contains("field messages[1].message: invalid type"),
+            "{}",
+            err(&batch)
+        );
+        assert!(
+            !err(&batch).contains("line 1"),
+            "the path says where: {}",
+            err(&batch)
+        );
+    }
+
+    #[test]
+    fn raw_is_the_json_as_sent_and_escapes_are_read() {
+        let p = SmsGateway::new(&source(""));
+        let body = "{ \"guid\" : \"g-\\u00e9\", \"number\":\"+1 555\",\n \"message\":\"a\\\"b\", \"x\": [1, {}] }";
+        let parsed = run(&p, &HeaderMap::new(), body).unwrap();
+        let m = &parsed.messages[0];
+        assert_eq!(m.raw.as_str(), body);
+        assert_eq!(m.external_id, "g-\u{e9}");
+        assert_eq!(m.text.as_deref(), Some("a\"b"));
+        let item = r#"{"guid":"g-2","number":"1", "extra":true}"#;
+        let parsed = run(
+            &p,
+            &HeaderMap::new(),
+            &format!(r#"{{"messages":[ {ONE} , {item}]}}"#),
+        )
+        .unwrap();
+        assert_eq!(parsed.messages[0].raw.as_str(), ONE);
+        assert_eq!(parsed.messages[1].raw.as_str(), item);
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Provider for StandardWebhooks {
                 text,
                 media: Vec::new(),
                 received_at: ctx.received_at.to_string(),
-                raw: body,
+                raw: body.into(),
             }],
             events: Vec::new(),
         })
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(m.text.as_deref(), Some("Yes please"));
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+15551234567");
         assert_eq!(m.to, None);
-        assert_eq!(m.raw["data"]["channel"], "chat-widget");
+        assert_eq!(m.raw.to_value()["data"]["channel"], "chat-widget");
     }
 
     #[test]
@@ -352,7 +352,7 @@ mod tests {
             .messages[0];
         assert_eq!(m.text, None);
         assert_eq!(m.from, None);
-        assert_eq!(m.raw["type"], "contact.created");
+        assert_eq!(m.raw.to_value()["type"], "contact.created");
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn normalize(params: &Params, raw: Value, ctx: ParseContext<'_>) -> Result<Parse
         text: params.non_empty("Body").map(str::to_string),
         media: collect_media(params)?,
         received_at: ctx.received_at.to_string(),
-        raw,
+        raw: raw.into(),
     };
     Ok(Parsed {
         messages: vec![message],
@@ -586,7 +586,7 @@ mod tests {
         assert_eq!(m.external_id, "SM6f708192a3b4c5d6e7f8091a2b3c4d5e");
         assert_eq!(m.text.as_deref(), Some("STOP"));
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+14155550123");
-        assert_eq!(m.raw["NumSegments"], "1");
+        assert_eq!(m.raw.to_value()["NumSegments"], "1");
     }
 
     #[test]
@@ -826,8 +826,8 @@ mod tests {
         assert_eq!(m.to.as_deref(), Some("+14155550100"));
         assert_eq!(m.text.as_deref(), Some("Yes, please reschedule + thanks!"));
         assert!(m.media.is_empty());
-        assert_eq!(m.raw["FromCity"], "SAN FRANCISCO");
-        assert_eq!(m.raw["SmsStatus"], "received");
+        assert_eq!(m.raw.to_value()["FromCity"], "SAN FRANCISCO");
+        assert_eq!(m.raw.to_value()["SmsStatus"], "received");
         assert_eq!(m.received_at, "2026-01-01T00:00:00Z");
     }
 
@@ -861,8 +861,8 @@ mod tests {
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+14155550123");
         assert_eq!(m.to.as_deref(), Some("+14155238886"));
         assert_eq!(m.text.as_deref(), Some("Hola, ¿puedo cambiar la cita?"));
-        assert_eq!(m.raw["ProfileName"], "Jane Doe");
-        assert_eq!(m.raw["From"], "whatsapp:+14155550123");
+        assert_eq!(m.raw.to_value()["ProfileName"], "Jane Doe");
+        assert_eq!(m.raw.to_value()["From"], "whatsapp:+14155550123");
 
         let h = form_headers(Some(published("inbound_whatsapp_image.form")));
         let parsed = verify_and_parse(&signed(), PATH, &h, INBOUND_WHATSAPP_IMAGE).unwrap();

@@ -504,7 +504,7 @@ fn normalize_message(
         text,
         media,
         received_at: ctx.received_at.to_string(),
-        raw,
+        raw: raw.into(),
     })))
 }
 
@@ -696,9 +696,15 @@ mod tests {
         assert_eq!(m.to.as_deref(), Some("+16505553333"));
         assert_eq!(m.text.as_deref(), Some("Hello this is an answer"));
         assert!(m.media.is_empty());
-        assert_eq!(m.raw["contacts"][0]["profile"]["name"], "Kerry Fisher");
-        assert_eq!(m.raw["messages"][0]["timestamp"], "1603059201");
-        assert_eq!(m.raw["metadata"]["phone_number_id"], "27681414235104944");
+        assert_eq!(
+            m.raw.to_value()["contacts"][0]["profile"]["name"],
+            "Kerry Fisher"
+        );
+        assert_eq!(m.raw.to_value()["messages"][0]["timestamp"], "1603059201");
+        assert_eq!(
+            m.raw.to_value()["metadata"]["phone_number_id"],
+            "27681414235104944"
+        );
     }
 
     #[test]
@@ -751,16 +757,19 @@ mod tests {
         );
         // Each message's raw carries only its own sender's contact.
         assert_eq!(
-            parsed.messages[1].raw["contacts"][0]["profile"]["name"],
+            parsed.messages[1].raw.to_value()["contacts"][0]["profile"]["name"],
             "Ana Souza"
         );
         assert_eq!(
-            parsed.messages[1].raw["contacts"].as_array().unwrap().len(),
+            parsed.messages[1].raw.to_value()["contacts"]
+                .as_array()
+                .unwrap()
+                .len(),
             1
         );
-        assert!(parsed.messages[1].raw.get("statuses").is_none());
+        assert!(parsed.messages[1].raw.to_value().get("statuses").is_none());
         assert_eq!(
-            parsed.messages[4].raw["messages"][0]["location"]["latitude"],
+            parsed.messages[4].raw.to_value()["messages"][0]["location"]["latitude"],
             37.483307
         );
 

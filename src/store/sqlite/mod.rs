@@ -591,7 +591,7 @@ mod tests {
             text: Some("hi".into()),
             media: Vec::new(),
             received_at: crate::domain::now_rfc3339(),
-            raw: serde_json::Value::Null,
+            raw: serde_json::Value::Null.into(),
         }
     }
 
