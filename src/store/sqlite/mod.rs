@@ -36,7 +36,7 @@ use super::{
     OptState, Page, QueueGauges, Rejection, ReplyClaim, ReplyResult, Store, StoreError, now_millis,
 };
 use dedup::DedupIndex;
-use ingest::{Applier, IngestReply, Journal, Progress};
+use ingest::{Applier, IngestReply, Journal, Prepared, Progress};
 use journal::{JournalReader, JournalWriter};
 use leases::Leases;
 use syncer::Syncer;
@@ -48,7 +48,7 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 
 pub struct SqliteStore {
     /// The journal thread: every ingest goes there.
-    journal: mpsc::Sender<(IngestBatch, IngestReply)>,
+    journal: mpsc::Sender<(Prepared, IngestReply)>,
     progress: Arc<Progress>,
     tx: mpsc::Sender<Op>,
     reader: Arc<Mutex<Connection>>,
@@ -378,8 +378,11 @@ impl Store for SqliteStore {
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError> {
         let gone = || StoreError::Unavailable("the journal thread has stopped".into());
         let (tx, rx) = oneshot::channel();
-        self.journal.send((batch, tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        let request = Prepared::new(batch);
+        self.journal.send((request, tx)).await.map_err(|_| gone())?;
+        // The request comes back with the answer, to be freed here.
+        let (outcome, _request) = rx.await.map_err(|_| gone())?;
+        outcome
     }
 
     async fn claim(
