@@ -18,6 +18,7 @@ mod leases;
 mod queries;
 mod record;
 mod syncer;
+mod trickle;
 mod writer;
 
 use std::fs::File;
@@ -252,6 +253,15 @@ impl SqliteStore {
         let reader = open_conn(path, busy_timeout).map_err(map_err)?;
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
         let alive = Arc::new(());
+        // At normal priority: one cheap call per interval, and it must
+        // keep up precisely when the CPU is busiest.
+        std::thread::Builder::new()
+            .name("inlet-sqlite-trickle".into())
+            .spawn({
+                let (t, alive) = (trickle::Trickle::new(path), Arc::downgrade(&alive));
+                move || t.run(alive)
+            })
+            .map_err(|e| StoreError::Internal(format!("cannot start the writeback thread: {e}")))?;
         std::thread::Builder::new()
             .name("inlet-sqlite-checkpoint".into())
             .spawn({
