@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// A fresh time-ordered id with `prefix`.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+    let mut id = String::with_capacity(prefix.len() + hex.len());
+    id.push_str(prefix);
+    id.push_str(uuid::Uuid::now_v7().simple().encode_lower(&mut hex));
+    id
 }
 
 macro_rules! prefixed_id {

@@ -30,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dedup::{Confirm, DedupIndex, PendingKey};
-use super::journal::{AppendError, JournalReader, JournalWriter, frame};
+use super::journal::{AppendError, JournalReader, JournalWriter, frame_with};
 use super::record::{Entry, EventRow, Row};
 use super::writer::{Op, map_err};
 use crate::store::{IngestBatch, IngestOutcome, InlineClassify, Millis, QueueGauges, StoreError};
@@ -78,10 +78,8 @@ impl Prepared {
         };
         let mut framed = Vec::new();
         if !entry.messages.is_empty() || !entry.events.is_empty() {
-            let mut body = Vec::new();
-            entry.encode(&mut body);
-            framed.reserve_exact(body.len() + 8);
-            frame(&mut framed, &body);
+            framed.reserve_exact(entry.encoded_len() + 8);
+            frame_with(&mut framed, |body| entry.encode(body));
         }
         Self {
             entry,
@@ -189,7 +187,6 @@ impl Journal {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut pending: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
         let mut buf = Vec::new();
-        let mut scratch = Vec::new();
         let mut last_prune = Instant::now();
         while let Some(first) = rx.blocking_recv() {
             group.push(first);
@@ -208,7 +205,7 @@ impl Journal {
             let base = self.writer.end();
             let mut adds = 0;
             for (request, reply) in group.drain(..) {
-                let (result, keys) = self.decide(&request, &mut buf, &mut scratch, &mut adds);
+                let (result, keys) = self.decide(&request, &mut buf, &mut adds);
                 pending.push(Pending {
                     reply,
                     request,
@@ -264,7 +261,6 @@ impl Journal {
         &mut self,
         r: &Prepared,
         buf: &mut Vec<u8>,
-        scratch: &mut Vec<u8>,
         group_adds: &mut u64,
     ) -> (Result<IngestOutcome, StoreError>, Vec<PendingKey>) {
         let b = &r.entry;
@@ -318,9 +314,7 @@ impl Journal {
                     .collect(),
                 events: b.events.clone(),
             };
-            scratch.clear();
-            entry.encode(scratch);
-            frame(buf, scratch);
+            frame_with(buf, |body| entry.encode(body));
         }
         (Ok(out), keys)
     }

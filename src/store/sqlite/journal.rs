@@ -105,11 +105,22 @@ fn preallocated(path: &Path) -> io::Result<File> {
 }
 
 /// Frames `body` (never empty) as one record at the end of `buf`.
+#[cfg(test)]
 pub fn frame(buf: &mut Vec<u8>, body: &[u8]) {
+    frame_with(buf, |b| b.extend_from_slice(body));
+}
+
+/// Frames what `write` appends (never nothing) as one record at the end of
+/// `buf`, written in place rather than copied from a buffer of its own.
+pub fn frame_with(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    write(buf);
+    let body = &buf[start + 8..];
     assert!(!body.is_empty(), "a journal record is never empty");
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    buf.extend_from_slice(body);
+    let (len, crc) = (body.len() as u32, crc32fast::hash(body));
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Prepares zero-filled spare segments on its own thread, one ahead.

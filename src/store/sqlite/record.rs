@@ -50,6 +50,24 @@ fn put_opt(buf: &mut Vec<u8>, s: Option<&str>) {
 }
 
 impl Entry {
+    /// The length of [`Self::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let opt = |s: &Option<String>| 1 + s.as_ref().map_or(0, |s| 4 + s.len());
+        let messages: usize = (self.messages.iter())
+            .map(|m| {
+                16 + m.id.len()
+                    + m.external_id.len()
+                    + m.dedup_key.len()
+                    + m.doc.len()
+                    + opt(&m.contact)
+            })
+            .sum();
+        let events: usize = (self.events.iter())
+            .map(|e| 8 + e.kind.len() + e.payload.len() + opt(&e.external_id))
+            .sum();
+        1 + 8 + 4 + self.source.len() + 4 + messages + 4 + events
+    }
+
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.push(VERSION);
         buf.extend_from_slice(&self.now.to_le_bytes());
@@ -146,6 +164,33 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_encode_writes() {
+        let mut e = Entry {
+            source: "sms".into(),
+            now: 42,
+            messages: vec![],
+            events: vec![],
+        };
+        for i in 0..3 {
+            e.messages.push(Row {
+                id: format!("msg_{i}"),
+                external_id: "x".repeat(i),
+                dedup_key: "k".into(),
+                contact: (i % 2 == 0).then(|| "+1555".into()),
+                doc: "{}".into(),
+            });
+            e.events.push(EventRow {
+                kind: "status".into(),
+                external_id: (i % 2 == 1).then(|| "e".into()),
+                payload: "[]".repeat(i),
+            });
+            let mut buf = Vec::new();
+            e.encode(&mut buf);
+            assert_eq!(e.encoded_len(), buf.len());
+        }
+    }
 
     #[test]
     fn an_entry_reads_back_as_written_and_a_cut_one_is_an_error() {
