@@ -265,19 +265,17 @@ impl Journal {
     ) -> (Result<IngestOutcome, StoreError>, Vec<PendingKey>) {
         let b = &r.entry;
         let mut keys = Vec::new();
-        // Which messages are new; all of them, usually.
-        let mut new = Vec::with_capacity(b.messages.len());
+        // Which messages are duplicates: usually none, and then this never
+        // allocates.
+        let mut duplicate = Vec::new();
         let mut table = Table(&self.table);
-        for m in &b.messages {
+        for (i, m) in b.messages.iter().enumerate() {
             match self
                 .index
                 .check(&b.source, &m.dedup_key, b.now, r.dedup_cutoff, &mut table)
             {
-                Ok(Some(key)) => {
-                    keys.push(key);
-                    new.push(true);
-                }
-                Ok(None) => new.push(false),
+                Ok(Some(key)) => keys.push(key),
+                Ok(None) => duplicate.push(i),
                 Err(e) => {
                     self.index.forget(keys);
                     return (Err(e), Vec::new());
@@ -286,7 +284,7 @@ impl Journal {
         }
         let out = IngestOutcome {
             accepted: keys.len(),
-            duplicates: b.messages.len() - keys.len(),
+            duplicates: duplicate.len(),
         };
         if keys.is_empty() && b.events.is_empty() {
             // Nothing to write: duplicates are answered even while new
@@ -305,12 +303,9 @@ impl Journal {
             let entry = Entry {
                 source: b.source.clone(),
                 now: b.now,
-                messages: b
-                    .messages
-                    .iter()
-                    .zip(&new)
-                    .filter(|(_, new)| **new)
-                    .map(|(m, _)| m.clone())
+                messages: (b.messages.iter().enumerate())
+                    .filter(|(i, _)| !duplicate.contains(i))
+                    .map(|(_, m)| m.clone())
                     .collect(),
                 events: b.events.clone(),
             };

@@ -253,8 +253,8 @@ impl SqliteStore {
         let reader = open_conn(path, busy_timeout).map_err(map_err)?;
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
         let alive = Arc::new(());
-        // At normal priority: one cheap call per interval, and it must
-        // keep up precisely when the CPU is busiest.
+        // At normal priority: it must keep up precisely when the CPU is
+        // busiest, and its work is writeback SQLite's syncs would do anyway.
         std::thread::Builder::new()
             .name("inlet-sqlite-trickle".into())
             .spawn({

@@ -7,9 +7,9 @@
 //! syncs' slowest moments, and so the ACKs' p99. Every [`EVERY`] this thread
 //! starts writeback of whatever is dirty in both files
 //! (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait and walks
-//! only dirty pages), so SQLite's data goes to the disk as it is written, a
-//! few hundred kilobytes at a time, and SQLite's own syncs find little left
-//! to write. Durability is unchanged: it still rests on those syncs.
+//! only dirty pages), so SQLite's data goes to the disk in pieces of what
+//! was written in the last interval, and SQLite's own syncs find little
+//! left to write. Durability is unchanged: it still rests on those syncs.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -49,10 +49,12 @@ impl Trickle {
             // Offset 0, length 0: the whole file.
             let rc =
                 unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            // SQLite keeps its WAL file while a connection is open, and the
+            // store's stay open for its life, so one open fd is enough; a
+            // failed call is retried with a fresh open next time.
             if rc == 0 {
                 asked += 1;
             } else {
-                // Reopened next time (say, the file was replaced).
                 *file = None;
             }
         }
