@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -183,18 +182,13 @@ impl App {
             shutdown.clone(),
         ));
         let router = http::router(self.state.clone());
-        let listener = self.listener.tap_io(|tcp| {
-            // ACKs are small; don't let Nagle hold them back.
-            let _ = tcp.set_nodelay(true);
-        });
-        let stop = shutdown.clone();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let server =
+            http::server::serve(self.listener, self.state.clone(), router, shutdown.clone());
+        let server = tokio::spawn(server);
         shutdown.cancelled().await;
         tracing::info!("Shutting down: finishing in-flight requests and running jobs.");
         match tokio::time::timeout(grace, server).await {
-            Ok(r) => r.context("server task")?.context("server")?,
+            Ok(r) => r.context("server task")?,
             Err(_) => tracing::warn!("In-flight requests did not finish in time."),
         }
         let _ = workers.await;

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -39,19 +40,28 @@ pub async fn receive(
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
-    let started = Instant::now();
-    // The parts by reference: the extractors for method, URI and headers
-    // would each clone them.
     let (parts, body) = req.into_parts();
+    handle(&st, &name, &parts, body).await
+}
+
+/// A webhook, whichever way it was routed (`server` calls this directly).
+/// The request parts by reference: extractors for method, URI and headers
+/// would each clone them.
+pub async fn handle<B>(st: &AppState, name: &str, parts: &Parts, body: B) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
     let headers = &parts.headers;
-    let (label, result) = match st.sources.get(&name) {
+    let (label, result) = match st.sources.get(name) {
         None => (
             "unknown",
-            Err((ApiError::unknown_source(&name), Bytes::new())),
+            Err((ApiError::unknown_source(name), Bytes::new())),
         ),
         Some(source) => (
             source.config.name.as_str(),
-            accept(&st, source, &parts.method, &parts.uri, headers, body).await,
+            accept(st, source, &parts.method, &parts.uri, headers, body).await,
         ),
     };
     let response = match result {
@@ -60,11 +70,11 @@ pub async fn receive(
             resp
         }
         Err((err, body)) => {
-            log_rejection(&st, &name, st.sources.get(&name), &err, headers, &body).await;
+            log_rejection(st, name, st.sources.get(name), &err, headers, &body).await;
             err.into_response()
         }
     };
-    match st.sources.get(&name) {
+    match st.sources.get(name) {
         Some(source) if response.status() == StatusCode::OK => source.metrics.ok.increment(1),
         _ => metrics::counter!(
             "inlet_ingest_requests_total",
@@ -78,14 +88,18 @@ pub async fn receive(
 
 /// The checks of SPEC §3 in their order (413, 415, 401, 400), then the
 /// commit. Errors carry whatever body was read, for the rejections log.
-async fn accept(
+async fn accept<B>(
     st: &AppState,
     source: &Source,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, (ApiError, Bytes)> {
+    body: B,
+) -> Result<Response, (ApiError, Bytes)>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = st.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -6,6 +6,7 @@ pub mod error;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;

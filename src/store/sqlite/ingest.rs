@@ -64,6 +64,7 @@ impl Prepared {
                     dedup_key: m.dedup_key,
                     contact: m.from.map(|p| p.as_str().to_string()),
                     doc,
+                    text: m.text,
                 })
                 .collect(),
             events: b

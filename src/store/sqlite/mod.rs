@@ -824,6 +824,7 @@ mod tests {
                     dedup_key: guid.into(),
                     contact: None,
                     doc: serde_json::to_string(&message(guid)).unwrap(),
+                    text: message(guid).text,
                 }],
                 events: Vec::new(),
             };
@@ -873,6 +874,7 @@ mod tests {
                 dedup_key: "g".into(),
                 contact: None,
                 doc: "{}".into(),
+                text: None,
             }],
         )];
         let stored = |n| writer::Applied {
@@ -896,6 +898,7 @@ mod tests {
             dedup_key: guid.into(),
             contact: Some(contact.into()),
             doc: serde_json::json!({"text": text, "from": contact}).to_string(),
+            text: Some(text.into()),
         }
     }
 

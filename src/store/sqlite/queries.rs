@@ -282,16 +282,25 @@ pub fn opt_state(
     })
 }
 
+pub const LAST_CONVERSATION: &str = "SELECT conversation_id, received_at FROM messages
+    WHERE source = ?1 AND contact = ?2 AND conversation_id IS NOT NULL
+    ORDER BY id DESC LIMIT 1";
+
 pub fn last_conversation(
     c: &Connection,
     source: &str,
     contact: &str,
 ) -> rusqlite::Result<Option<(String, i64)>> {
-    c.prepare_cached(
-        "SELECT conversation_id, received_at FROM messages
-         WHERE source = ?1 AND contact = ?2 AND conversation_id IS NOT NULL
-         ORDER BY id DESC LIMIT 1",
-    )?
-    .query_row(params![source, contact], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
+    let mut stmt = c.prepare_cached(LAST_CONVERSATION)?;
+    last_conversation_with(&mut stmt, source, contact)
+}
+
+/// [`last_conversation`] on a statement the caller holds.
+pub fn last_conversation_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    source: &str,
+    contact: &str,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    stmt.query_row(params![source, contact], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
 }

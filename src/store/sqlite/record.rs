@@ -5,7 +5,9 @@
 
 use crate::store::Millis;
 
-const VERSION: u8 = 1;
+/// Version 2 added each message's text; version 1 records (written by
+/// older builds, still in a journal after an upgrade) read it from the doc.
+const VERSION: u8 = 2;
 
 /// One accepted message, ready for its rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,9 @@ pub struct Row {
     pub contact: Option<String>,
     /// The normalized message as JSON, raw payload included.
     pub doc: String,
+    /// The message's text, also in `doc`: carried so the writer classifies
+    /// without parsing the document.
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +65,7 @@ impl Entry {
                     + m.dedup_key.len()
                     + m.doc.len()
                     + opt(&m.contact)
+                    + opt(&m.text)
             })
             .sum();
         let events: usize = (self.events.iter())
@@ -79,6 +85,7 @@ impl Entry {
             put_str(buf, &m.dedup_key);
             put_opt(buf, m.contact.as_deref());
             put_str(buf, &m.doc);
+            put_opt(buf, m.text.as_deref());
         }
         buf.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
         for e in &self.events {
@@ -91,7 +98,7 @@ impl Entry {
     pub fn decode(body: &[u8]) -> Result<Self, String> {
         let mut r = Reader { buf: body, at: 0 };
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(format!("unknown journal record version {version}"));
         }
         let now = i64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
@@ -99,12 +106,19 @@ impl Entry {
         let n = r.u32()? as usize;
         let mut messages = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
+            let (id, external_id, dedup_key) = (r.string()?, r.string()?, r.string()?);
+            let (contact, doc) = (r.opt()?, r.string()?);
+            let text = match version {
+                1 => text_of(&doc),
+                _ => r.opt()?,
+            };
             messages.push(Row {
-                id: r.string()?,
-                external_id: r.string()?,
-                dedup_key: r.string()?,
-                contact: r.opt()?,
-                doc: r.string()?,
+                id,
+                external_id,
+                dedup_key,
+                contact,
+                doc,
+                text,
             });
         }
         let n = r.u32()? as usize;
@@ -126,6 +140,16 @@ impl Entry {
             events,
         })
     }
+}
+
+/// The `text` field of a stored document.
+fn text_of(doc: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Text {
+        #[serde(default)]
+        text: Option<String>,
+    }
+    serde_json::from_str::<Text>(doc).ok().and_then(|t| t.text)
 }
 
 struct Reader<'a> {
@@ -180,6 +204,7 @@ mod tests {
                 dedup_key: "k".into(),
                 contact: (i % 2 == 0).then(|| "+1555".into()),
                 doc: "{}".into(),
+                text: (i == 1).then(|| "hi".into()),
             });
             e.events.push(EventRow {
                 kind: "status".into(),
@@ -203,6 +228,7 @@ mod tests {
                 dedup_key: "g1".into(),
                 contact: Some("+15551234567".into()),
                 doc: r#"{"text":"héllo"}"#.into(),
+                text: Some("héllo".into()),
             }],
             events: vec![EventRow {
                 kind: "status".into(),
@@ -218,5 +244,32 @@ mod tests {
         }
         buf.push(0);
         assert!(Entry::decode(&buf).is_err());
+    }
+
+    #[test]
+    fn a_version_1_record_reads_its_text_from_the_doc() {
+        let entry = Entry {
+            source: "sms".into(),
+            now: 7,
+            messages: vec![Row {
+                id: "msg_1".into(),
+                external_id: "g1".into(),
+                dedup_key: "g1".into(),
+                contact: None,
+                doc: r#"{"id":"msg_1","text":"STOP \u00e9"}"#.into(),
+                text: None,
+            }],
+            events: vec![],
+        };
+        // Version 1: the same layout without the text after each doc.
+        let mut v1 = Vec::new();
+        entry.encode(&mut v1);
+        v1[0] = 1;
+        v1.truncate(v1.len() - 4 - 1); // the message's `None` text, the event count
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        let read = Entry::decode(&v1).unwrap();
+        assert_eq!(read.messages[0].text.as_deref(), Some("STOP é"));
+        v1[0] = 3;
+        assert!(Entry::decode(&v1).is_err());
     }
 }

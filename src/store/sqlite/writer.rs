@@ -750,12 +750,25 @@ pub(super) fn apply(
            (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    // The inline path's statements, looked up once per transaction rather
+    // than per message (a cache lookup hashes the SQL text).
+    let mut held = match inline {
+        Some(_) => Some(InlineStatements::prepare(c)?),
+        None => None,
+    };
     for e in entries {
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
-            let classified = match inline {
-                Some(ic) => Some(classify_for_insert(c, ic, &e.source, m, e.now, &latest)?),
-                None => None,
+            let classified = match (inline, held.as_mut()) {
+                (Some(ic), Some(st)) => Some(classify_for_insert(
+                    &mut st.last_conversation,
+                    ic,
+                    &e.source,
+                    m,
+                    e.now,
+                    &latest,
+                )?),
+                _ => None,
             };
             let inserted = msg.execute(params![
                 m.id,
@@ -772,15 +785,15 @@ pub(super) fn apply(
                 continue;
             }
             out.stored += 1;
-            match inline.zip(classified) {
-                Some((ic, k)) => {
-                    out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
+            match (inline, held.as_mut(), classified) {
+                (Some(ic), Some(st), Some(k)) => {
+                    out.enqueued += record_inline_classify(c, st, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
-                None => {
+                _ => {
                     c.prepare_cached(
                         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
                          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
@@ -799,6 +812,26 @@ pub(super) fn apply(
     Ok(out)
 }
 
+/// The statements every inline-classified message runs.
+struct InlineStatements<'c> {
+    last_conversation: rusqlite::CachedStatement<'c>,
+    done_job: rusqlite::CachedStatement<'c>,
+    attempt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> InlineStatements<'c> {
+    fn prepare(c: &'c Connection) -> Result<Self, rusqlite::Error> {
+        Ok(Self {
+            last_conversation: c.prepare_cached(super::queries::LAST_CONVERSATION)?,
+            done_job: c.prepare_cached(
+                "INSERT INTO jobs (message_id, source, action, status, attempts, run_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'done', 1, ?4, ?4)",
+            )?,
+            attempt: c.prepare_cached(INSERT_ATTEMPT)?,
+        })
+    }
+}
+
 /// A message classified on the writer, before its row is written.
 struct Classified {
     intent: Intent,
@@ -811,23 +844,14 @@ struct Classified {
 /// session TTL (a sliding window), else a new one. Messages are applied in
 /// arrival order, so "latest" is the one before this message.
 fn classify_for_insert(
-    c: &Connection,
+    last_conversation: &mut rusqlite::CachedStatement<'_>,
     ic: &InlineClassify,
     source: &str,
     m: &super::record::Row,
     at: Millis,
     latest: &HashMap<(&str, &str), (String, Millis)>,
 ) -> Result<Classified, rusqlite::Error> {
-    /// Only the text is read out of the stored document.
-    #[derive(serde::Deserialize)]
-    struct Text<'a> {
-        #[serde(borrow, default)]
-        text: Option<std::borrow::Cow<'a, str>>,
-    }
-    let text = serde_json::from_str::<Text<'_>>(&m.doc)
-        .ok()
-        .and_then(|t| t.text);
-    let intent = (ic.classify)(text.as_deref());
+    let intent = (ic.classify)(m.text.as_deref());
     let intent_json = serde_json::to_string(&intent).unwrap_or_default();
     let conversation = match &m.contact {
         None => None,
@@ -836,7 +860,7 @@ fn classify_for_insert(
                 Some((id, last_at)) => Some((id.clone(), *last_at)),
                 None => {
                     metrics::counter!("inlet_conversation_lookups_total").increment(1);
-                    super::queries::last_conversation(c, source, contact)?
+                    super::queries::last_conversation_with(last_conversation, source, contact)?
                 }
             };
             Some(match last {
@@ -857,26 +881,27 @@ fn classify_for_insert(
 /// source's actions. Returns how many jobs were enqueued.
 fn record_inline_classify(
     c: &Connection,
+    st: &mut InlineStatements<'_>,
     ic: &InlineClassify,
     source: &str,
     message_id: &str,
     k: &Classified,
     now: Millis,
 ) -> Result<usize, rusqlite::Error> {
-    c.prepare_cached(
-        "INSERT INTO jobs (message_id, source, action, status, attempts, run_at, updated_at)
-         VALUES (?1, ?2, ?3, 'done', 1, ?4, ?4)",
-    )?
-    .execute(params![message_id, source, CLASSIFY, now])?;
-    let attempt = AttemptRecord {
-        action: CLASSIFY.to_string(),
-        destination: None,
-        outcome: "success".to_string(),
-        status_code: None,
-        duration_ms: 0,
-        error: None,
-    };
-    record_attempt(c, c.last_insert_rowid(), message_id, &attempt, now)?;
+    let job_id = st
+        .done_job
+        .insert(params![message_id, source, CLASSIFY, now])?;
+    st.attempt.execute(params![
+        job_id,
+        message_id,
+        CLASSIFY,
+        None::<&str>,
+        "success",
+        None::<u16>,
+        0i64,
+        None::<&str>,
+        now
+    ])?;
     record_opt_state(c, message_id, &k.intent, now)?;
     let actions = ic.follow_ups.get(source).map(Vec::as_slice).unwrap_or(&[]);
     enqueue_follow_ups(c, message_id, actions, now)
@@ -1082,6 +1107,9 @@ fn enqueue_follow_ups(
     actions: &[String],
     now: Millis,
 ) -> Result<usize, rusqlite::Error> {
+    if actions.is_empty() {
+        return Ok(0);
+    }
     let mut job = c.prepare_cached(
         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
          SELECT id, source, ?2, 'pending', ?3, ?3 FROM messages WHERE id = ?1
@@ -1094,6 +1122,10 @@ fn enqueue_follow_ups(
     Ok(inserted)
 }
 
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts
+    (job_id, message_id, action, destination, outcome, status_code, duration_ms, error, at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
 fn record_attempt(
     c: &Connection,
     job_id: i64,
@@ -1101,11 +1133,7 @@ fn record_attempt(
     a: &AttemptRecord,
     now: Millis,
 ) -> Result<(), rusqlite::Error> {
-    c.prepare_cached(
-        "INSERT INTO attempts (job_id, message_id, action, destination, outcome, status_code, duration_ms, error, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+    c.prepare_cached(INSERT_ATTEMPT)?.execute(params![
         job_id,
         message_id,
         a.action,
