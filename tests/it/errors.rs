@@ -149,6 +149,36 @@ async fn unknown_source_is_404_and_logged() {
     assert_eq!(rej["items"].as_array().unwrap().len(), 1);
 }
 
+/// Webhook paths the server's fast path leaves to the router (it takes only
+/// a plain `/hooks/NAME`) are answered as the router always did.
+#[tokio::test]
+async fn webhook_paths_left_to_the_router_are_decoded_or_refused_as_before() {
+    let app = TestApp::spawn(&config_with("")).await;
+    // Percent-escaped `sms`: decoded by the router, then stored.
+    let r = post(&app, "%73ms", JSON, sms("p1", "x").to_string()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 1);
+    let r = post(&app, "n%6Fpe", JSON, sms("p2", "x").to_string()).await;
+    assert_rejected(&app, r, 404, "unknown_source").await;
+    // No source, or more than one segment: no such route.
+    for path in ["/hooks/", "/hooks/sms/", "/hooks/sms/x"] {
+        let r = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(sms("p3", "x").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+    }
+    // The plain path, for contrast: the same source, the fast path.
+    let r = post(&app, "sms", JSON, sms("p1", "x").to_string()).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 1);
+}
+
 #[tokio::test]
 async fn unknown_source_wins_over_oversize_and_oversize_over_content_type() {
     let app =
