@@ -1,12 +1,11 @@
-//! The accept loop: HTTP/1.1 connections served by hyper directly. A
-//! webhook (`POST /hooks/{source}`) goes straight to its handler; every
-//! other request goes through the axum router.
+//! The accept loop: connections served by hyper directly. A webhook
+//! (`POST /hooks/{source}`) goes straight to its handler; every other
+//! request goes through the axum router.
 //!
 //! Why not `axum::serve`: per request it boxes the body, wraps the router
-//! in three service adapters and matches the route, and its connection
-//! builder also listens for HTTP/2. On the path every provider hits, that
-//! was about a fifth of the connection task's instructions
-//! (`scripts/bench-instr.sh`, BENCHMARKS.md). Providers post HTTP/1.1.
+//! in three service adapters and matches the route. On the path every
+//! provider hits, that was about a sixth of the connection task's
+//! instructions (`scripts/bench-instr.sh`, BENCHMARKS.md).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use axum::response::Response;
 use axum::serve::Listener;
 use hyper::Method;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +58,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true);
+    // HTTP/1.1 keep-alive, and HTTP/2 in the clear for a client that
+    // starts with its preface, as `axum::serve` offered.
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let mut listener = listener;
     loop {
         let tcp = tokio::select! {
@@ -73,7 +73,10 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (st, router) = (st.clone(), router.clone());
         let service = hyper::service::service_fn(move |req| route(st.clone(), router.clone(), req));
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "Connection ended with an error.");

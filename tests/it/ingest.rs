@@ -205,3 +205,29 @@ async fn embedded_defaults_serve_the_sms_source() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A client that speaks HTTP/2 in the clear from its first byte is served
+/// too, on the webhook path and on the router's.
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let app = TestApp::spawn(&config_with("")).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .post(app.url("/hooks/sms"))
+        .header("content-type", "application/json")
+        .body(sms("h2-1", "hello").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["accepted"], 1);
+    let r = h2.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+}
