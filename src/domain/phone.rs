@@ -39,6 +39,10 @@ impl PhoneNumber {
         (!d.is_empty()).then(|| Self(format!("+{d}")))
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

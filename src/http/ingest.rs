@@ -54,7 +54,8 @@ where
 {
     let started = Instant::now();
     let headers = &parts.headers;
-    let (label, result) = match st.sources.get(name) {
+    let source = st.sources.get(name);
+    let (label, result) = match source {
         None => (
             "unknown",
             Err((ApiError::unknown_source(name), Bytes::new())),
@@ -70,11 +71,11 @@ where
             resp
         }
         Err((err, body)) => {
-            log_rejection(st, name, st.sources.get(name), &err, headers, &body).await;
+            log_rejection(st, name, source, &err, headers, &body).await;
             err.into_response()
         }
     };
-    match st.sources.get(name) {
+    match source {
         Some(source) if response.status() == StatusCode::OK => source.metrics.ok.increment(1),
         _ => metrics::counter!(
             "inlet_ingest_requests_total",

@@ -38,14 +38,15 @@ async fn route(
     router: Router,
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
-    if req.method() == Method::POST
-        && let Some(name) = hook_source(req.uri().path())
+    let (parts, body) = req.into_parts();
+    if parts.method == Method::POST
+        && let Some(name) = hook_source(parts.uri.path())
     {
-        let name = name.to_owned();
-        let (parts, body) = req.into_parts();
-        return Ok(ingest::handle(&st, &name, &parts, body).await);
+        return Ok(ingest::handle(&st, name, &parts, body).await);
     }
-    router.oneshot(req.map(Body::new)).await
+    router
+        .oneshot(hyper::Request::from_parts(parts, Body::new(body)))
+        .await
 }
 
 /// Serves `listener` until `stop` is cancelled, then stops accepting and

@@ -33,6 +33,7 @@ use super::dedup::{Confirm, DedupIndex, PendingKey};
 use super::journal::{AppendError, JournalReader, JournalWriter, frame_with};
 use super::record::{Entry, EventRow, Row};
 use super::writer::{Op, map_err};
+use crate::domain::PhoneNumber;
 use crate::store::{IngestBatch, IngestOutcome, InlineClassify, Millis, QueueGauges, StoreError};
 
 /// The outcome, and the request handed back: its memory is freed on the
@@ -59,10 +60,10 @@ impl Prepared {
                 .into_iter()
                 .zip(b.docs)
                 .map(|(m, doc)| Row {
-                    id: m.id.as_str().to_string(),
+                    id: m.id.into_string(),
                     external_id: m.external_id,
                     dedup_key: m.dedup_key,
-                    contact: m.from.map(|p| p.as_str().to_string()),
+                    contact: m.from.map(PhoneNumber::into_string),
                     doc,
                     text: m.text,
                 })
@@ -301,11 +302,12 @@ impl Journal {
             buf.extend_from_slice(&r.framed);
         } else {
             // Some were duplicates: the record holds only the new ones.
+            // (`duplicate` is in index order.)
             let entry = Entry {
                 source: b.source.clone(),
                 now: b.now,
                 messages: (b.messages.iter().enumerate())
-                    .filter(|(i, _)| !duplicate.contains(i))
+                    .filter(|(i, _)| duplicate.binary_search(i).is_err())
                     .map(|(_, m)| m.clone())
                     .collect(),
                 events: b.events.clone(),

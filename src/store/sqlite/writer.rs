@@ -750,17 +750,17 @@ pub(super) fn apply(
            (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    // The inline path's statements, looked up once per transaction rather
-    // than per message (a cache lookup hashes the SQL text).
-    let mut held = match inline {
-        Some(_) => Some(InlineStatements::prepare(c)?),
+    // With the inline path's statements, looked up once per transaction
+    // rather than per message (a cache lookup hashes the SQL text).
+    let mut inline = match inline {
+        Some(ic) => Some((ic, InlineStatements::prepare(c)?)),
         None => None,
     };
     for e in entries {
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
-            let classified = match (inline, held.as_mut()) {
-                (Some(ic), Some(st)) => Some(classify_for_insert(
+            let classified = match inline.as_mut() {
+                Some((ic, st)) => Some(classify_for_insert(
                     &mut st.last_conversation,
                     ic,
                     &e.source,
@@ -768,7 +768,7 @@ pub(super) fn apply(
                     e.now,
                     &latest,
                 )?),
-                _ => None,
+                None => None,
             };
             let inserted = msg.execute(params![
                 m.id,
@@ -785,15 +785,15 @@ pub(super) fn apply(
                 continue;
             }
             out.stored += 1;
-            match (inline, held.as_mut(), classified) {
-                (Some(ic), Some(st), Some(k)) => {
+            match inline.as_mut().zip(classified) {
+                Some(((ic, st), k)) => {
                     out.enqueued += record_inline_classify(c, st, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
-                _ => {
+                None => {
                     c.prepare_cached(
                         "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
                          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
