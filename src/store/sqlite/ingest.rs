@@ -218,7 +218,7 @@ impl Journal {
             }
             if !buf.is_empty() {
                 let started = Instant::now();
-                let appended = self.writer.append(&buf);
+                let appended = self.writer.append(&mut buf);
                 fsync_seconds.record(started.elapsed().as_secs_f64());
                 match appended {
                     Ok(end) => {

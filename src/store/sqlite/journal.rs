@@ -12,14 +12,20 @@
 //! `crc32: u32 LE` (of the body), then `len` bytes of body. A record never
 //! spans two segments.
 //!
-//! Segments are zero-filled to [`SEGMENT_BYTES`] before use (by a
-//! background thread, ahead of need), as PostgreSQL does with its WAL:
-//! overwriting blocks that already exist lets `fdatasync` skip the file
-//! size update and its filesystem-journal commit, about a third of its
-//! time on this machine (BENCHMARKS.md). The zeros also mark where the
-//! records end: a zero length is "nothing more here". A torn record can
-//! only be at the very end (its batch was never synced, so never
-//! acknowledged): reading stops there, and the writer zeroes it.
+//! Segments are written over blocks that already exist, as PostgreSQL
+//! does with its WAL: that lets `fdatasync` skip the file size update and
+//! its filesystem-journal commit, about a third of its time on this
+//! machine (BENCHMARKS.md). A background thread gets the next segment
+//! ready ahead of need: an applied segment recycled (renamed, as it is),
+//! or, when none is there, a new file zero-filled to [`SEGMENT_BYTES`].
+//! A recycled segment still holds its old records, so a record's CRC is
+//! sealed with its position ([`POSITIONED`]): an old record read at its
+//! new place fails its check like a torn one. Reading stops at the first
+//! thing that is not a whole, sealed record for its position (zeros, old
+//! records, a torn write) and goes on in the segment that starts exactly
+//! there, if there is one. A torn record can only be at the very end
+//! (its batch was never synced, so never acknowledged): reading stops
+//! there, and the writer zeroes what follows on reopening.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -28,12 +34,25 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 /// A segment's preallocated size; a new one starts once this is nearly used.
+#[cfg(not(test))]
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Small in unit tests, which fill several.
+#[cfg(test)]
+pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// A new segment starts when less than this is left in the current one.
 const ROTATE_SLACK: u64 = 256 * 1024;
 /// A record body at most this large; anything larger is corruption.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 8;
+/// Set in a record's length word when its CRC is XORed with
+/// [`position_mask`] of the record's position. Records of builds before
+/// segment recycling have it clear and are read with the plain CRC;
+/// segments holding any such record are never recycled.
+const POSITIONED: u32 = 1 << 31;
+/// Records up to this long are read without checking the file's length.
+const FITS_UNCHECKED: u32 = 64 * 1024;
+/// Applied segments kept for reuse at most; the rest are deleted.
+const RECYCLED_MAX: usize = 2;
 /// The reader's buffer: a few records per `read` call.
 const READ_BUFFER: usize = 256 * 1024;
 /// Zeros are written a page at a time: the page cache keeps a file in
@@ -46,6 +65,37 @@ static ZEROS: [u8; 4096] = [0; 4096];
 
 fn segment_name(start: u64) -> String {
     format!("{start:020}.log")
+}
+
+/// What a record's CRC is XORed with at `pos` (splitmix64's finalizer,
+/// folded to 32 bits): a record read back at any other position than the
+/// one it was written at fails its check, but for one in 2^32.
+fn position_mask(pos: u64) -> u32 {
+    let mut z = pos.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z ^ (z >> 32)) as u32
+}
+
+/// Seals the whole records framed in `records` with their positions, the
+/// first at `at`. Framing happens on the request's thread, before the
+/// position is known; the journal thread seals as it appends.
+fn seal(records: &mut [u8], at: u64) {
+    let mut off = 0;
+    while off + HEADER <= records.len() {
+        let word = u32::from_le_bytes(records[off..off + 4].try_into().expect("4 bytes"));
+        let len = (word & !POSITIONED) as usize;
+        if off + HEADER + len > records.len() {
+            break;
+        }
+        if word & POSITIONED != 0 {
+            let crc = u32::from_le_bytes(records[off + 4..off + 8].try_into().expect("4 bytes"));
+            let sealed = crc ^ position_mask(at + off as u64);
+            records[off + 4..off + 8].copy_from_slice(&sealed.to_le_bytes());
+        }
+        off += HEADER + len;
+    }
 }
 
 /// The segments in `dir`, by start position.
@@ -118,17 +168,65 @@ pub fn frame_with(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     write(buf);
     let body = &buf[start + 8..];
     assert!(!body.is_empty(), "a journal record is never empty");
-    let (len, crc) = (body.len() as u32, crc32fast::hash(body));
+    assert!(
+        body.len() < POSITIONED as usize,
+        "a journal record is under 2 GiB"
+    );
+    let (len, crc) = (body.len() as u32 | POSITIONED, crc32fast::hash(body));
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Prepares zero-filled spare segments on its own thread, one ahead.
+/// The segments [`JournalReader::delete_before`] kept for reuse.
+fn recycled(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("recycle-") && n.ends_with(".tmp")) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves a recycled segment to `spare`; `false` when there is none. Its
+/// blocks exist and hold old records already on disk, so nothing needs
+/// writing or syncing: the rename that puts it in use is synced then.
+fn reuse_recycled(dir: &Path, spare: &Path) -> io::Result<bool> {
+    for path in recycled(dir)? {
+        match std::fs::rename(&path, spare) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the segment at `path` can be reused: full size, and written by
+/// a build that seals records with their positions (its first record is
+/// sealed, and a segment is written by one build from its start on,
+/// before older builds' segments are all applied).
+fn recyclable(path: &Path) -> io::Result<bool> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() < SEGMENT_BYTES {
+        return Ok(false);
+    }
+    let mut word = [0u8; 4];
+    file.read_exact_at(&mut word, 0)?;
+    Ok(u32::from_le_bytes(word) & POSITIONED != 0)
+}
+
+/// Prepares spare segments on its own thread, one ahead.
 struct Spares {
     ask: mpsc::Sender<()>,
     ready: mpsc::Receiver<io::Result<PathBuf>>,
     /// A spare is being made or is ready.
     asked: bool,
+    /// A spare received by [`Self::wait`] (tests), not taken yet.
+    #[cfg(test)]
+    held: Option<io::Result<PathBuf>>,
 }
 
 impl Spares {
@@ -144,7 +242,11 @@ impl Spares {
                 while asked.recv().is_ok() {
                     n += 1;
                     let path = dir.join(format!("spare-{n}.tmp"));
-                    let made = preallocated(&path).map(|_| path);
+                    let made = match reuse_recycled(&dir, &path) {
+                        Ok(true) => Ok(path),
+                        Ok(false) => preallocated(&path).map(|_| path),
+                        Err(e) => Err(e),
+                    };
                     if done.send(made).is_err() {
                         return;
                     }
@@ -154,6 +256,8 @@ impl Spares {
             ask,
             ready,
             asked: false,
+            #[cfg(test)]
+            held: None,
         })
     }
 
@@ -166,6 +270,11 @@ impl Spares {
 
     /// The spare, if it is ready.
     fn take(&mut self) -> Option<PathBuf> {
+        #[cfg(test)]
+        if let Some(made) = self.held.take() {
+            self.asked = false;
+            return made.ok();
+        }
         match self.ready.try_recv() {
             Ok(made) => {
                 self.asked = false;
@@ -251,6 +360,15 @@ impl JournalWriter {
         Ok(w)
     }
 
+    /// Waits until the spare asked for, if any, is ready (so that tests
+    /// rotate into prepared segments, as a running journal does).
+    #[cfg(test)]
+    fn wait_for_spare(&mut self) {
+        if self.spares.asked && self.spares.held.is_none() {
+            self.spares.held = self.spares.ready.recv().ok();
+        }
+    }
+
     /// The position after the last record written.
     pub fn end(&self) -> u64 {
         self.end
@@ -260,7 +378,8 @@ impl JournalWriter {
     /// new end. On an error nothing of it counts: what was written is
     /// zeroed again, and if even that fails the error says so and the
     /// writer must not be used again.
-    pub fn append(&mut self, records: &[u8]) -> Result<u64, AppendError> {
+    pub fn append(&mut self, records: &mut [u8]) -> Result<u64, AppendError> {
+        seal(records, self.end);
         let before = self.end - self.start;
         let written = self
             .file
@@ -376,23 +495,37 @@ impl JournalReader {
         let mut pos = from;
         while pos < upto && (pos == from || pos - from < max_bytes as u64) {
             let (start, file) = self.file.as_mut().expect("seek opened it");
+            let start = *start;
             let mut head = [0u8; HEADER];
-            let len = if read_whole(file, &mut head)? {
+            let word = if read_whole(file, &mut head)? {
                 u32::from_le_bytes(head[..4].try_into().expect("4 bytes"))
             } else {
                 0
             };
-            if len == 0 || len > MAX_RECORD {
-                // Zeros, or the segment's last byte: its records end here,
-                // and the next segment, if any, starts at exactly `pos`.
-                if *start != pos && self.open_next(pos)? {
+            let len = word & !POSITIONED;
+            // A large length is checked against the file first: old bytes
+            // read as a header can claim anything up to MAX_RECORD.
+            let fits = len <= FITS_UNCHECKED
+                || file.get_ref().metadata()?.len()
+                    >= pos - start + (HEADER as u64) + u64::from(len);
+            let whole = len != 0 && len <= MAX_RECORD && fits && {
+                self.body.resize(len as usize, 0);
+                let mask = if word & POSITIONED != 0 {
+                    position_mask(pos)
+                } else {
+                    0
+                };
+                let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+                read_whole(file, &mut self.body)? && crc32fast::hash(&self.body) ^ mask == crc
+            };
+            if !whole {
+                // Zeros, old records of a recycled segment, the segment's
+                // last byte or a torn write: this segment's records end
+                // here, and the next segment, if any, starts at exactly
+                // `pos`.
+                if start != pos && self.open_next(pos)? {
                     continue;
                 }
-                break;
-            }
-            self.body.resize(len as usize, 0);
-            let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-            if !read_whole(file, &mut self.body)? || crc32fast::hash(&self.body) != crc {
                 break;
             }
             pos += (HEADER + len as usize) as u64;
@@ -443,14 +576,24 @@ impl JournalReader {
         self.file.as_ref().map(|(start, _)| *start)
     }
 
-    /// Deletes every segment that ends at or before `pos` (all of whose
-    /// records are applied), never the one holding `pos`.
+    /// Removes every segment that ends at or before `pos` (all of whose
+    /// records are applied), never the one holding `pos`: up to
+    /// [`RECYCLED_MAX`] are kept for reuse as later segments (renamed
+    /// `recycle-START.tmp`; removed at start-up like any `.tmp`), the rest
+    /// deleted.
     pub fn delete_before(&mut self, pos: u64) -> io::Result<usize> {
         let starts = segments(&self.dir)?;
+        let mut kept = recycled(&self.dir)?.len();
         let mut deleted = 0;
         for pair in starts.windows(2) {
             if pair[1] <= pos {
-                std::fs::remove_file(self.dir.join(segment_name(pair[0])))?;
+                let path = self.dir.join(segment_name(pair[0]));
+                if kept < RECYCLED_MAX && recyclable(&path)? {
+                    std::fs::rename(&path, self.dir.join(format!("recycle-{}.tmp", pair[0])))?;
+                    kept += 1;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
                 if matches!(&self.file, Some((start, _)) if *start == pair[0]) {
                     self.file = None;
                 }
@@ -542,8 +685,8 @@ mod tests {
     fn records_read_back_in_order_from_any_record_boundary() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = JournalWriter::open(dir.path(), 0).unwrap();
-        let first = w.append(&framed(&[b"one", b"two"])).unwrap();
-        let end = w.append(&framed(&[b"three"])).unwrap();
+        let first = w.append(&mut framed(&[b"one", b"two"])).unwrap();
+        let end = w.append(&mut framed(&[b"three"])).unwrap();
         assert_eq!(end, w.end());
         let (all, scanned) = bodies(dir.path(), 0);
         assert_eq!(
@@ -562,7 +705,7 @@ mod tests {
     fn a_torn_tail_is_not_read_and_is_zeroed_on_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = JournalWriter::open(dir.path(), 0).unwrap();
-        let end = w.append(&framed(&[b"kept"])).unwrap();
+        let end = w.append(&mut framed(&[b"kept"])).unwrap();
         drop(w);
         // A crash in the middle of the next write: half a record.
         let seg = dir.path().join(segment_name(0));
@@ -577,7 +720,7 @@ mod tests {
         let f = File::open(&seg).unwrap();
         f.read_exact_at(&mut tail, end).unwrap();
         assert_eq!(tail, [0; 10], "the torn bytes are gone");
-        w.append(&framed(&[b"next"])).unwrap();
+        w.append(&mut framed(&[b"next"])).unwrap();
         let (all, _) = bodies(dir.path(), 0);
         assert_eq!(all, vec![b"kept".to_vec(), b"next".to_vec()]);
     }
@@ -586,8 +729,8 @@ mod tests {
     fn a_flipped_byte_ends_the_readable_journal_there() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = JournalWriter::open(dir.path(), 0).unwrap();
-        let first = w.append(&framed(&[b"good"])).unwrap();
-        let end = w.append(&framed(&[b"bad!"])).unwrap();
+        let first = w.append(&mut framed(&[b"good"])).unwrap();
+        let end = w.append(&mut framed(&[b"bad!"])).unwrap();
         let seg = dir.path().join(segment_name(0));
         let f = OpenOptions::new()
             .read(true)
@@ -606,8 +749,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = JournalWriter::open(dir.path(), 0).unwrap();
         let big = vec![7u8; (SEGMENT_BYTES - ROTATE_SLACK) as usize];
-        let first = w.append(&framed(&[&big])).unwrap();
-        let end = w.append(&framed(&[b"in the second segment"])).unwrap();
+        let first = w.append(&mut framed(&[&big])).unwrap();
+        let end = w.append(&mut framed(&[b"in the second segment"])).unwrap();
         assert_eq!(segments(dir.path()).unwrap(), vec![0, first]);
         let mut r = JournalReader::new(dir.path());
         let mut seen = Vec::new();
@@ -629,9 +772,82 @@ mod tests {
         // Reopening after the deletion appends to the live segment.
         drop(w);
         let mut w = JournalWriter::open(dir.path(), end).unwrap();
-        w.append(&framed(&[b"more"])).unwrap();
+        w.append(&mut framed(&[b"more"])).unwrap();
         let (all, _) = bodies(dir.path(), first);
         assert_eq!(all.len(), 2);
+    }
+
+    /// Appends `body` as one record, into a prepared segment when it
+    /// rotates; returns the end.
+    fn append_one(w: &mut JournalWriter, body: &[u8]) -> u64 {
+        w.wait_for_spare();
+        w.append(&mut framed(&[body])).unwrap()
+    }
+
+    #[test]
+    fn applied_segments_are_reused_and_their_old_records_never_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 0).unwrap();
+        // Same-sized records, so a reused segment's old records sit exactly
+        // where new ones would: only the position seal tells them apart.
+        let body = |i: usize| vec![i as u8; 64 * 1024];
+        let mut i = 0;
+        while segments(dir.path()).unwrap().len() < 3 {
+            append_one(&mut w, &body(i));
+            i += 1;
+        }
+        let third = *segments(dir.path()).unwrap().last().unwrap();
+        let mut r = JournalReader::new(dir.path());
+        assert_eq!(r.delete_before(third).unwrap(), 2);
+        assert_eq!(segments(dir.path()).unwrap(), vec![third]);
+        assert_eq!(
+            recycled(dir.path()).unwrap().len(),
+            2,
+            "both kept for reuse"
+        );
+
+        let mut expected = Vec::new();
+        while segments(dir.path()).unwrap().len() < 3 {
+            append_one(&mut w, &body(100 + i));
+            expected.push(body(100 + i));
+            i += 1;
+        }
+        assert!(recycled(dir.path()).unwrap().is_empty(), "both reused");
+        let (all, end) = bodies(dir.path(), third);
+        assert_eq!(end, w.end());
+        assert_eq!(all.len(), expected.len(), "no old record read back");
+        assert!(all == expected);
+    }
+
+    #[test]
+    fn a_segment_of_an_older_build_is_read_and_deleted_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records as builds before position seals framed them.
+        let seg = preallocated(&dir.path().join(segment_name(0))).unwrap();
+        let mut old = Vec::new();
+        for body in [&b"older"[..], b"build"] {
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            old.extend_from_slice(body);
+        }
+        seg.write_all_at(&old, 0).unwrap();
+        let (all, end) = bodies(dir.path(), 0);
+        assert_eq!(all, vec![b"older".to_vec(), b"build".to_vec()]);
+        assert_eq!(end, old.len() as u64);
+
+        let mut w = JournalWriter::open(dir.path(), end).unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES - ROTATE_SLACK) as usize];
+        let second = append_one(&mut w, &big);
+        append_one(&mut w, b"new");
+        assert_eq!(segments(dir.path()).unwrap(), vec![0, second]);
+        let (all, _) = bodies(dir.path(), 0);
+        assert_eq!(all.len(), 4);
+        let mut r = JournalReader::new(dir.path());
+        assert_eq!(r.delete_before(second).unwrap(), 1);
+        assert!(
+            recycled(dir.path()).unwrap().is_empty(),
+            "deleted, not kept"
+        );
     }
 
     #[test]
@@ -641,7 +857,7 @@ mod tests {
         assert!(none.is_empty());
         assert_eq!(end, 500);
         let mut w = JournalWriter::open(dir.path(), 500).unwrap();
-        let end = w.append(&framed(&[b"x"])).unwrap();
+        let end = w.append(&mut framed(&[b"x"])).unwrap();
         assert_eq!(segments(dir.path()).unwrap(), vec![500]);
         let (all, scanned) = bodies(dir.path(), 500);
         assert_eq!((all.len(), scanned), (1, end));

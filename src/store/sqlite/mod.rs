@@ -832,8 +832,8 @@ mod tests {
             entry.encode(&mut body);
             journal::frame(&mut buf, &body);
         }
-        w.append(&buf).unwrap();
-        w.append(&buf[..7]).unwrap();
+        w.append(&mut buf.clone()).unwrap();
+        w.append(&mut buf[..7]).unwrap();
         drop(w);
 
         let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
