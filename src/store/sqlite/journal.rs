@@ -204,10 +204,11 @@ fn reuse_recycled(dir: &Path, spare: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Whether the segment at `path` can be reused: full size, and written by
-/// a build that seals records with their positions (its first record is
-/// sealed, and a segment is written by one build from its start on,
-/// before older builds' segments are all applied).
+/// Whether the segment at `path` can be reused: full size, and started by
+/// a build that seals records (its first record is sealed). Such a
+/// segment holds sealed records only, so none of its old records can
+/// pass for a new one; a segment an older build started may hold
+/// unsealed ones anywhere, and is deleted.
 fn recyclable(path: &Path) -> io::Result<bool> {
     let file = File::open(path)?;
     if file.metadata()?.len() < SEGMENT_BYTES {
