@@ -20,7 +20,8 @@
 //! The applier stores each record's rows and moves the applied position in
 //! the same SQLite transaction, so a record is applied exactly once, and
 //! after a crash the records past that position are applied at start-up,
-//! before anything new is accepted. Segments are deleted once applied.
+//! before anything new is accepted. Segments are recycled or deleted once
+//! applied.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,7 +328,7 @@ pub struct Applier {
     /// Classify while storing (see [`InlineClassify`]), when set at open.
     pub inline: Option<Arc<InlineClassify>>,
     /// The segment being read when segments were last deleted (or first
-    /// read): once reading moves on, the ones before are deleted.
+    /// read): once reading moves on, the ones before are recycled or deleted.
     pub swept: Option<u64>,
 }
 
@@ -407,7 +408,7 @@ impl Applier {
         // Applied: the keys are found in SQLite from now on.
         self.progress.gauges.add_journaled(-(messages as i64));
         self.progress.applied.send_replace(end);
-        // Segments are deleted once reading has moved on to a later one,
+        // Segments are removed once reading has moved on to a later one,
         // and only after SQLite's commits are on disk (they are answered at
         // commit, not synced).
         let reading = self.reader.current_segment();

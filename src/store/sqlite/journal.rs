@@ -8,9 +8,10 @@
 //! Positions are byte offsets into the journal as a whole, from its first
 //! byte ever written; a segment file is named after the position of its
 //! first byte (`00000000000000012345.log`), so the segment holding any
-//! position is found by name. A record is `len: u32 LE` (never 0),
-//! `crc32: u32 LE` (of the body), then `len` bytes of body. A record never
-//! spans two segments.
+//! position is found by name. A record is `len: u32 LE` (never 0; its top
+//! bit is [`POSITIONED`]), `crc32: u32 LE` (of the body, XORed with
+//! [`position_mask`] of the record's position), then `len` bytes of body.
+//! A record never spans two segments.
 //!
 //! Segments are written over blocks that already exist, as PostgreSQL
 //! does with its WAL: that lets `fdatasync` skip the file size update and
@@ -375,10 +376,11 @@ impl JournalWriter {
         self.end
     }
 
-    /// Writes `records` (already framed) and `fdatasync`s them; returns the
-    /// new end. On an error nothing of it counts: what was written is
-    /// zeroed again, and if even that fails the error says so and the
-    /// writer must not be used again.
+    /// Seals `records` (already framed) in place with their positions,
+    /// writes and `fdatasync`s them; returns the new end. On an error
+    /// nothing of it counts: what was written is zeroed again, and if even
+    /// that fails the error says so and the writer must not be used again.
+    /// (Sealing again would unseal: a buffer is appended once.)
     pub fn append(&mut self, records: &mut [u8]) -> Result<u64, AppendError> {
         seal(records, self.end);
         let before = self.end - self.start;
@@ -504,21 +506,24 @@ impl JournalReader {
                 0
             };
             let len = word & !POSITIONED;
-            // A large length is checked against the file first: old bytes
-            // read as a header can claim anything up to MAX_RECORD.
-            let fits = len <= FITS_UNCHECKED
-                || file.get_ref().metadata()?.len()
-                    >= pos - start + (HEADER as u64) + u64::from(len);
-            let whole = len != 0 && len <= MAX_RECORD && fits && {
-                self.body.resize(len as usize, 0);
-                let mask = if word & POSITIONED != 0 {
-                    position_mask(pos)
-                } else {
-                    0
+            // A large length is checked against the file before a buffer is
+            // sized for it: old bytes read as a header can claim anything up
+            // to MAX_RECORD.
+            let whole = len != 0
+                && len <= MAX_RECORD
+                && (len <= FITS_UNCHECKED
+                    || file.get_ref().metadata()?.len()
+                        >= pos - start + (HEADER as u64) + u64::from(len))
+                && {
+                    self.body.resize(len as usize, 0);
+                    let mask = if word & POSITIONED != 0 {
+                        position_mask(pos)
+                    } else {
+                        0
+                    };
+                    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+                    read_whole(file, &mut self.body)? && crc32fast::hash(&self.body) ^ mask == crc
                 };
-                let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-                read_whole(file, &mut self.body)? && crc32fast::hash(&self.body) ^ mask == crc
-            };
             if !whole {
                 // Zeros, old records of a recycled segment, the segment's
                 // last byte or a torn write: this segment's records end
