@@ -103,6 +103,21 @@ pub const DEFAULT_MAX_BACKLOG: u64 = 1_000_000;
 /// How long an admin read waits for SQLite to catch up with the journal.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
+/// Columns added after the first release, which `CREATE TABLE IF NOT
+/// EXISTS` cannot add to an older file (`ADD COLUMN` is instant in SQLite).
+fn add_missing_columns(c: &Connection) -> Result<(), rusqlite::Error> {
+    const ADDED: &[(&str, &str, &str)] = &[("messages", "inline_classified_at", "INTEGER")];
+    for (table, column, kind) in ADDED {
+        let present = c
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])?;
+        if !present {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Stores the journal's records past the applied position (a crash or stop
 /// came before SQLite had them), in transactions of about a thousand
 /// records, each synced (`conn` still runs `synchronous=FULL`). Returns
@@ -214,6 +229,7 @@ impl SqliteStore {
         let conn = open_conn(path, busy_timeout).map_err(map_err)?;
         conn.execute_batch(include_str!("schema.sql"))
             .map_err(map_err)?;
+        add_missing_columns(&conn).map_err(map_err)?;
         // Most checkpointing runs on its own thread (`checkpoint_loop`), off
         // the commit path. The writer still checkpoints when the WAL passes
         // this many pages: only a checkpoint run between two of its own
@@ -844,6 +860,37 @@ mod tests {
         assert_eq!(stored(&store).await, 3);
     }
 
+    #[test]
+    fn a_file_of_an_older_build_gets_the_added_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE messages (id TEXT PRIMARY KEY, source TEXT NOT NULL,
+                   external_id TEXT NOT NULL, contact TEXT, received_at INTEGER NOT NULL,
+                   doc TEXT NOT NULL, intent TEXT, intent_label TEXT, conversation_id TEXT);
+                 INSERT INTO messages (id, source, external_id, received_at, doc)
+                   VALUES ('msg_old', 'sms', 'g0', 0, '{}');",
+            )
+            .unwrap();
+        }
+        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
+        // Opening twice must not try to add it again.
+        drop(SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap());
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let at: Option<i64> = conn
+            .query_row(
+                "SELECT inline_classified_at FROM messages WHERE id = 'msg_old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(at, None);
+        let detail = queries::get_message(&conn, "msg_old").unwrap().unwrap();
+        assert_eq!(detail["attempts"], serde_json::json!([]));
+    }
+
     /// A new, migrated database in a temp dir, and a connection to it.
     fn fresh_db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
@@ -916,7 +963,8 @@ mod tests {
         let (_dir, conn) = fresh_db();
         let m = row("g1", "+15550001", "STOP");
         let id = m.id.clone();
-        let entries = [entry(now_millis(), vec![m])];
+        let at = now_millis();
+        let entries = [entry(at, vec![m])];
         let ic = inline_rules();
         let first = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
         // Only the follow-up is left for workers; applying again adds nothing.
@@ -933,28 +981,45 @@ mod tests {
         assert_eq!(label, "opt_out");
         assert!(intent.contains(r#""by":"rules""#), "{intent}");
         assert!(conv.is_some_and(|c| c.starts_with("conv_")));
-        let jobs: Vec<(String, String, i64)> = conn
-            .prepare("SELECT action, status, attempts FROM jobs WHERE message_id = ?1 ORDER BY id")
+        // The classify job and its attempt are implied by the message, not
+        // rows: only the follow-up is a job.
+        let jobs = |conn: &Connection| -> Vec<(String, String, i64)> {
+            conn.prepare(
+                "SELECT action, status, attempts FROM jobs WHERE message_id = ?1 ORDER BY id",
+            )
             .unwrap()
             .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .map(Result::unwrap)
-            .collect();
+            .collect()
+        };
+        assert_eq!(jobs(&conn), [("forward".into(), "pending".into(), 0)]);
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        // ...and read back as the one classify attempt, at arrival.
+        let detail = queries::get_message(&conn, &id).unwrap().unwrap();
         assert_eq!(
-            jobs,
+            detail["attempts"],
+            serde_json::json!([{"action": "classify", "destination": null, "outcome": "success",
+                "status_code": null, "duration_ms": 0, "error": null, "at": queries::rfc3339(at)}])
+        );
+        assert_eq!(detail["status"], "pending");
+        // A full replay gives it a classify job to run again (the forward is
+        // still pending, so left be), once however often it is replayed; a
+        // replay of failures only does not.
+        let replay = |only_failed| writer::replay(&conn, Some(&id), only_failed, None, None, at);
+        assert_eq!(replay(true).unwrap(), (0, 0));
+        assert_eq!(replay(false).unwrap(), (1, 0));
+        assert_eq!(replay(false).unwrap(), (0, 0));
+        assert_eq!(
+            jobs(&conn),
             [
-                ("classify".into(), "done".into(), 1),
-                ("forward".into(), "pending".into(), 0)
+                ("forward".into(), "pending".into(), 0),
+                ("classify".into(), "pending".into(), 0)
             ]
         );
-        let attempts: Vec<(String, String)> = conn
-            .prepare("SELECT action, outcome FROM attempts WHERE message_id = ?1")
-            .unwrap()
-            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(attempts, [("classify".into(), "success".into())]);
         let opted_out: bool = conn
             .query_row(
                 "SELECT opted_out FROM opt_outs WHERE source = 'sms' AND contact = '+15550001'",

@@ -81,7 +81,8 @@ pub fn list_messages(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
 
 pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
     let sql = format!(
-        "SELECT m.doc, m.intent, m.conversation_id, {STATUS_SQL}, m.source, m.external_id
+        "SELECT m.doc, m.intent, m.conversation_id, {STATUS_SQL}, m.source, m.external_id,
+                m.inline_classified_at
          FROM messages m WHERE m.id = ?1"
     );
     let found = c
@@ -91,10 +92,11 @@ pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> 
                 with_status(r)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, Option<Millis>>(6)?,
             ))
         })
         .optional()?;
-    let Some((mut doc, source, external_id)) = found else {
+    let Some((mut doc, source, external_id, inline_classified_at)) = found else {
         return Ok(None);
     };
     let events = c
@@ -112,22 +114,32 @@ pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> 
             }))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let attempts = c
-        .prepare_cached(
-            "SELECT action, destination, outcome, status_code, duration_ms, error, at
+    // Classified as it was stored: that first attempt is not a row.
+    let inline = inline_classified_at.map(|at| {
+        json!({
+            "action": super::super::CLASSIFY, "destination": null, "outcome": "success",
+            "status_code": null, "duration_ms": 0, "error": null, "at": rfc3339(at),
+        })
+    });
+    let mut stmt = c.prepare_cached(
+        "SELECT action, destination, outcome, status_code, duration_ms, error, at
              FROM attempts WHERE message_id = ?1 ORDER BY id",
-        )?
-        .query_map([id], |r| {
-            Ok(json!({
-                "action": r.get::<_, String>(0)?,
-                "destination": r.get::<_, Option<String>>(1)?,
-                "outcome": r.get::<_, String>(2)?,
-                "status_code": r.get::<_, Option<i64>>(3)?,
-                "duration_ms": r.get::<_, i64>(4)?,
-                "error": r.get::<_, Option<String>>(5)?,
-                "at": rfc3339(r.get(6)?),
-            }))
-        })?
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(json!({
+            "action": r.get::<_, String>(0)?,
+            "destination": r.get::<_, Option<String>>(1)?,
+            "outcome": r.get::<_, String>(2)?,
+            "status_code": r.get::<_, Option<i64>>(3)?,
+            "duration_ms": r.get::<_, i64>(4)?,
+            "error": r.get::<_, Option<String>>(5)?,
+            "at": rfc3339(r.get(6)?),
+        }))
+    })?;
+    let attempts = inline
+        .into_iter()
+        .map(Ok)
+        .chain(rows)
         .collect::<Result<Vec<_>, _>>()?;
     if let Value::Object(o) = &mut doc {
         o.insert("events".into(), Value::Array(events));

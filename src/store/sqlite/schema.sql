@@ -9,6 +9,10 @@ CREATE TABLE IF NOT EXISTS messages (
     intent          TEXT,               -- JSON {label, confidence, by} once classified
     intent_label    TEXT,
     conversation_id TEXT
+    -- Added by `add_missing_columns` (mod.rs), to old and new files alike:
+    -- inline_classified_at INTEGER: set when the rules classified the
+    -- message as it was stored; its `classify` job and attempt are implied
+    -- by it rather than written as rows.
 );
 CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, id);
 -- No index on received_at: ids are time-ordered, retention prunes by id.

@@ -747,8 +747,9 @@ pub(super) fn apply(
     )?;
     let mut msg = c.prepare_cached(
         "INSERT OR IGNORE INTO messages
-           (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+           (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id,
+            inline_classified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     // With the inline path's statements, looked up once per transaction
     // rather than per message (a cache lookup hashes the SQL text).
@@ -780,14 +781,15 @@ pub(super) fn apply(
                 classified.as_ref().map(|k| k.intent_json.as_str()),
                 classified.as_ref().map(|k| k.intent.label.as_str()),
                 classified.as_ref().and_then(|k| k.conversation.as_deref()),
+                classified.as_ref().map(|_| e.now),
             ])?;
             if inserted == 0 {
                 continue;
             }
             out.stored += 1;
-            match inline.as_mut().zip(classified) {
-                Some(((ic, st), k)) => {
-                    out.enqueued += record_inline_classify(c, st, ic, &e.source, &m.id, &k, e.now)?;
+            match inline.as_ref().zip(classified) {
+                Some(((ic, _), k)) => {
+                    out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
@@ -815,19 +817,12 @@ pub(super) fn apply(
 /// The statements every inline-classified message runs.
 struct InlineStatements<'c> {
     last_conversation: rusqlite::CachedStatement<'c>,
-    done_job: rusqlite::CachedStatement<'c>,
-    attempt: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> InlineStatements<'c> {
     fn prepare(c: &'c Connection) -> Result<Self, rusqlite::Error> {
         Ok(Self {
             last_conversation: c.prepare_cached(super::queries::LAST_CONVERSATION)?,
-            done_job: c.prepare_cached(
-                "INSERT INTO jobs (message_id, source, action, status, attempts, run_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'done', 1, ?4, ?4)",
-            )?,
-            attempt: c.prepare_cached(INSERT_ATTEMPT)?,
         })
     }
 }
@@ -877,31 +872,20 @@ fn classify_for_insert(
 }
 
 /// The rest of an inline classification once the row is stored: the
-/// `classify` job, done, with its attempt; the opt-out registry; the
-/// source's actions. Returns how many jobs were enqueued.
+/// opt-out registry and the source's actions. The `classify` job, done,
+/// and its attempt are not rows: the message's `inline_classified_at`
+/// stands for them (two rows and two index entries fewer a message, a
+/// fifth of this thread's time at full load; BENCHMARKS.md), and
+/// `queries::get_message` and [`replay`] read it so. Returns how many jobs
+/// were enqueued.
 fn record_inline_classify(
     c: &Connection,
-    st: &mut InlineStatements<'_>,
     ic: &InlineClassify,
     source: &str,
     message_id: &str,
     k: &Classified,
     now: Millis,
 ) -> Result<usize, rusqlite::Error> {
-    let job_id = st
-        .done_job
-        .insert(params![message_id, source, CLASSIFY, now])?;
-    st.attempt.execute(params![
-        job_id,
-        message_id,
-        CLASSIFY,
-        None::<&str>,
-        "success",
-        None::<u16>,
-        0i64,
-        None::<&str>,
-        now
-    ])?;
     record_opt_state(c, message_id, &k.intent, now)?;
     let actions = ic.follow_ups.get(source).map(Vec::as_slice).unwrap_or(&[]);
     enqueue_follow_ups(c, message_id, actions, now)
@@ -1199,7 +1183,7 @@ fn prune(
 }
 
 /// Puts jobs back to pending; returns (jobs requeued, of which were dead).
-fn replay(
+pub(super) fn replay(
     c: &Connection,
     message_id: Option<&str>,
     only_failed: bool,
@@ -1218,13 +1202,26 @@ fn replay(
         params![message_id, source, action],
         |r| r.get(0),
     )?;
-    let n = c.execute(
+    let mut n = c.execute(
         &format!(
             "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?4, last_error = NULL, updated_at = ?4
              WHERE {filter} AND status IN {statuses}"
         ),
         params![message_id, source, action, now],
     )?;
+    if !only_failed && action.is_none_or(|a| a == CLASSIFY) {
+        // A message classified as it was stored has no `classify` row to
+        // put back (see `record_inline_classify`): its replay gets one.
+        n += c
+            .prepare_cached(
+                "INSERT INTO jobs (message_id, source, action, status, run_at, updated_at)
+                 SELECT m.id, m.source, ?4, 'pending', ?3, ?3 FROM messages m
+                 WHERE m.id = ?1 AND (?2 IS NULL OR m.source = ?2)
+                   AND m.inline_classified_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.action = ?4)",
+            )?
+            .execute(params![message_id, source, now, CLASSIFY])?;
+    }
     Ok((n, dead as usize))
 }
 
