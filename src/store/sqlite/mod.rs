@@ -16,6 +16,7 @@ mod ingest;
 mod journal;
 mod leases;
 mod queries;
+mod recent;
 mod record;
 mod syncer;
 mod trickle;
@@ -125,13 +126,14 @@ fn add_missing_columns(c: &Connection) -> Result<(), rusqlite::Error> {
 fn replay(
     conn: &Connection,
     dir: &Path,
-    inline: Option<&InlineClassify>,
+    mut inline: Option<(&InlineClassify, &mut recent::RecentContacts)>,
 ) -> Result<(u64, usize), StoreError> {
     let from = writer::applied_position(conn).map_err(map_err)?;
     let mut entries = Vec::new();
     let mut stored = 0;
     let mut flush = |entries: &mut Vec<record::Entry>, upto: u64| -> Result<(), StoreError> {
         let tx = conn.unchecked_transaction().map_err(map_err)?;
+        let inline = inline.as_mut().map(|(ic, r)| (*ic, &mut **r));
         stored += writer::apply(&tx, entries, upto, inline)
             .map_err(map_err)?
             .stored;
@@ -249,7 +251,14 @@ impl SqliteStore {
         // Records acknowledged before the last stop but not yet stored:
         // stored now, before anything new is accepted.
         let journal_dir = path.with_extension("journal");
-        let (end, replayed) = replay(&conn, &journal_dir, inline.as_deref())?;
+        let mut recent = match &inline {
+            Some(ic) => Some(
+                recent::RecentContacts::load(&conn, ic.session_ttl_ms, now_millis())
+                    .map_err(map_err)?,
+            ),
+            None => None,
+        };
+        let (end, replayed) = replay(&conn, &journal_dir, inline.as_deref().zip(recent.as_mut()))?;
         if replayed > 0 {
             tracing::info!(
                 messages = replayed,
@@ -298,7 +307,14 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(map_err)?;
         let leases = Arc::new(Leases::default());
-        let w = Writer::new(conn, gauges.clone(), work.clone(), syncer, leases.clone());
+        let w = Writer::new(
+            conn,
+            gauges.clone(),
+            work.clone(),
+            syncer,
+            leases.clone(),
+            recent,
+        );
         std::thread::Builder::new()
             .name("inlet-sqlite-writer".into())
             .spawn(move || {
@@ -966,10 +982,11 @@ mod tests {
         let at = now_millis();
         let entries = [entry(at, vec![m])];
         let ic = inline_rules();
-        let first = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
+        let mut recent = recent_for(&conn, at);
+        let first = writer::apply(&conn, &entries, 10, Some((&ic, &mut recent))).unwrap();
         // Only the follow-up is left for workers; applying again adds nothing.
         assert_eq!((first.stored, first.enqueued), (1, 1));
-        let again = writer::apply(&conn, &entries, 10, Some(&ic)).unwrap();
+        let again = writer::apply(&conn, &entries, 10, Some((&ic, &mut recent))).unwrap();
         assert_eq!((again.stored, again.enqueued), (0, 0));
         let (label, intent, conv): (String, String, Option<String>) = conn
             .query_row(
@@ -1030,42 +1047,59 @@ mod tests {
         assert!(opted_out);
     }
 
+    /// The writer's [`recent::RecentContacts`] for `inline_rules`' TTL.
+    fn recent_for(conn: &Connection, now: Millis) -> recent::RecentContacts {
+        recent::RecentContacts::load(conn, 60_000, now).unwrap()
+    }
+
     #[test]
     fn inline_conversations_slide_with_each_message_of_a_contact() {
-        let (_dir, conn) = fresh_db();
-        let ic = inline_rules();
-        let t0 = now_millis();
-        // 50 s apart each (TTL 60 s): one conversation however long it
-        // runs; then 61 s of quiet starts a new one. Another contact has
-        // its own.
-        let plan = [
-            ("a", "+1", t0),
-            ("b", "+1", t0 + 50_000),
-            ("c", "+1", t0 + 100_000),
-            ("d", "+2", t0 + 100_000),
-            ("e", "+1", t0 + 161_001),
-        ];
-        let mut ids = Vec::new();
-        for (n, (guid, contact, at)) in plan.iter().enumerate() {
-            let m = row(guid, contact, "hello");
-            ids.push(m.id.clone());
-            let entries = [entry(*at, vec![m])];
-            writer::apply(&conn, &entries, n as u64 + 1, Some(&ic)).unwrap();
+        // Kept across transactions as the writer does, and rebuilt from the
+        // file before each message as after a restart: the same answers.
+        for rebuilt in [false, true] {
+            let (_dir, conn) = fresh_db();
+            let ic = inline_rules();
+            let t0 = now_millis();
+            let mut kept = recent_for(&conn, t0);
+            // 50 s apart each (TTL 60 s): one conversation however long it
+            // runs; then 61 s of quiet starts a new one. Another contact has
+            // its own.
+            let plan = [
+                ("a", "+1", t0),
+                ("b", "+1", t0 + 50_000),
+                ("c", "+1", t0 + 100_000),
+                ("d", "+2", t0 + 100_000),
+                ("e", "+1", t0 + 161_001),
+            ];
+            let mut ids = Vec::new();
+            for (n, (guid, contact, at)) in plan.iter().enumerate() {
+                let m = row(guid, contact, "hello");
+                ids.push(m.id.clone());
+                let entries = [entry(*at, vec![m])];
+                let mut fresh;
+                let recent = if rebuilt {
+                    fresh = recent_for(&conn, *at);
+                    &mut fresh
+                } else {
+                    &mut kept
+                };
+                writer::apply(&conn, &entries, n as u64 + 1, Some((&ic, recent))).unwrap();
+            }
+            let conv = |id: &String| -> String {
+                conn.query_row(
+                    "SELECT conversation_id FROM messages WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+            };
+            let c: Vec<String> = ids.iter().map(conv).collect();
+            assert_eq!(c[0], c[1], "rebuilt: {rebuilt}");
+            assert_eq!(c[1], c[2], "rebuilt: {rebuilt}");
+            assert_ne!(c[3], c[2]);
+            assert_ne!(c[4], c[2]);
+            assert_ne!(c[4], c[3]);
         }
-        let conv = |id: &String| -> String {
-            conn.query_row(
-                "SELECT conversation_id FROM messages WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
-        let c: Vec<String> = ids.iter().map(conv).collect();
-        assert_eq!(c[0], c[1]);
-        assert_eq!(c[1], c[2]);
-        assert_ne!(c[3], c[2]);
-        assert_ne!(c[4], c[2]);
-        assert_ne!(c[4], c[3]);
     }
 
     #[test]

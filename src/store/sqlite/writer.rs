@@ -21,6 +21,7 @@ use super::super::{
     QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use super::leases::{Leases, Undo};
+use super::recent::RecentContacts;
 use super::record::{Entry, EventRow};
 use super::syncer::Syncer;
 use crate::domain::{ConversationId, EventId, Intent};
@@ -193,6 +194,9 @@ pub struct Writer {
     round_undo: Vec<Undo>,
     /// A commit answered without an fsync may not be on disk yet.
     unsynced: bool,
+    /// For inline classification: made at the first such `Apply` unless
+    /// the store hands over the one its start-up replay used.
+    recent: Option<RecentContacts>,
     metrics: WriterMetrics,
 }
 
@@ -257,6 +261,7 @@ impl Writer {
         work: Arc<Notify>,
         syncer: Syncer,
         leases: Arc<Leases>,
+        recent: Option<RecentContacts>,
     ) -> Self {
         Self {
             conn,
@@ -266,6 +271,7 @@ impl Writer {
             leases,
             round_undo: Vec::new(),
             unsynced: false,
+            recent,
             metrics: WriterMetrics {
                 commit_seconds: metrics::histogram!("inlet_stage_seconds", "stage" => "commit"),
                 batch_ops: metrics::histogram!("inlet_commit_batch_ops"),
@@ -409,6 +415,7 @@ impl Writer {
     fn round(&mut self, ops: &[Op], isolate: bool) -> Result<Vec<Outcome>, Aborted> {
         let conn = &self.conn;
         let leases = (&*self.leases, &mut self.round_undo);
+        let recent = &mut self.recent;
         let batch_err = |e: StoreError| Aborted::Batch(e);
         exec(conn, "SAVEPOINT round").map_err(batch_err)?;
         let mut outcomes = Vec::with_capacity(ops.len());
@@ -416,7 +423,7 @@ impl Writer {
             if isolate {
                 exec(conn, "SAVEPOINT op").map_err(batch_err)?;
             }
-            let outcome = execute(conn, (leases.0, &mut *leases.1), op);
+            let outcome = execute(conn, (leases.0, &mut *leases.1), recent, op);
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back itself (disk
                 // full, I/O error): nothing of it stands.
@@ -551,7 +558,12 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
 
 /// Runs one op's statements inside the open transaction; lease changes go
 /// to the undo log.
-fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcome {
+fn execute(
+    c: &Connection,
+    leases: (&Leases, &mut Vec<Undo>),
+    recent: &mut Option<RecentContacts>,
+    op: &Op,
+) -> Outcome {
     fn run<T>(r: Result<T, rusqlite::Error>) -> Result<T, StoreError> {
         r.map_err(map_err)
     }
@@ -561,7 +573,12 @@ fn execute(c: &Connection, leases: (&Leases, &mut Vec<Undo>), op: &Op) -> Outcom
             upto,
             inline,
             ..
-        } => Outcome::Applied(run(apply(c, entries, *upto, inline.as_deref()))),
+        } => Outcome::Applied(run(match inline.as_deref() {
+            Some(ic) => {
+                recent_contacts(c, recent, ic).and_then(|r| apply(c, entries, *upto, Some((ic, r))))
+            }
+            None => apply(c, entries, *upto, None),
+        })),
         Op::Claim {
             lanes,
             limit,
@@ -712,6 +729,19 @@ fn fail_op(op: Op, e: &StoreError) {
     }
 }
 
+/// The writer's [`RecentContacts`], read from the file the first time.
+fn recent_contacts<'r>(
+    c: &Connection,
+    recent: &'r mut Option<RecentContacts>,
+    ic: &InlineClassify,
+) -> Result<&'r mut RecentContacts, rusqlite::Error> {
+    let r = match recent.take() {
+        Some(r) => r,
+        None => RecentContacts::load(c, ic.session_ttl_ms, crate::store::now_millis())?,
+    };
+    Ok(recent.insert(r))
+}
+
 /// What [`apply`] stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -726,7 +756,8 @@ pub struct Applied {
 /// Stores journal records: the acknowledged messages with their dedup
 /// keys, and the events, and the journal position they reach, all in one
 /// transaction. Each message gets a queued `classify` job, or with
-/// `inline` is classified right here (see [`InlineClassify`]). Dedup was
+/// `inline` is classified right here (see [`InlineClassify`]; the
+/// [`RecentContacts`] are the writer's, kept across transactions). Dedup was
 /// decided on the journal thread; a key's row is simply taken over here
 /// (it was absent or past the window). A message already stored is
 /// skipped, so applying a record twice stores it once.
@@ -734,7 +765,7 @@ pub(super) fn apply(
     c: &Connection,
     entries: &[Entry],
     upto: u64,
-    inline: Option<&InlineClassify>,
+    inline: Option<(&InlineClassify, &mut RecentContacts)>,
 ) -> Result<Applied, rusqlite::Error> {
     let mut out = Applied::default();
     // Each contact's latest conversation as this transaction leaves it:
@@ -751,19 +782,27 @@ pub(super) fn apply(
             inline_classified_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    // With the inline path's statements, looked up once per transaction
+    // With the inline path's statement, looked up once per transaction
     // rather than per message (a cache lookup hashes the SQL text).
     let mut inline = match inline {
-        Some(ic) => Some((ic, InlineStatements::prepare(c)?)),
+        Some((ic, recent)) => {
+            recent.prune(entries.first().map_or(0, |e| e.now));
+            Some((
+                ic,
+                recent,
+                c.prepare_cached(super::queries::LAST_CONVERSATION)?,
+            ))
+        }
         None => None,
     };
     for e in entries {
         for m in &e.messages {
             dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
             let classified = match inline.as_mut() {
-                Some((ic, st)) => Some(classify_for_insert(
-                    &mut st.last_conversation,
+                Some((ic, recent, last_conversation)) => Some(classify_for_insert(
+                    last_conversation,
                     ic,
+                    recent,
                     &e.source,
                     m,
                     e.now,
@@ -787,11 +826,12 @@ pub(super) fn apply(
                 continue;
             }
             out.stored += 1;
-            match inline.as_ref().zip(classified) {
-                Some(((ic, _), k)) => {
+            match inline.as_mut().zip(classified) {
+                Some(((ic, recent, _), k)) => {
                     out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
+                        recent.note(&e.source, contact, e.now);
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
@@ -814,19 +854,6 @@ pub(super) fn apply(
     Ok(out)
 }
 
-/// The statements every inline-classified message runs.
-struct InlineStatements<'c> {
-    last_conversation: rusqlite::CachedStatement<'c>,
-}
-
-impl<'c> InlineStatements<'c> {
-    fn prepare(c: &'c Connection) -> Result<Self, rusqlite::Error> {
-        Ok(Self {
-            last_conversation: c.prepare_cached(super::queries::LAST_CONVERSATION)?,
-        })
-    }
-}
-
 /// A message classified on the writer, before its row is written.
 struct Classified {
     intent: Intent,
@@ -841,6 +868,7 @@ struct Classified {
 fn classify_for_insert(
     last_conversation: &mut rusqlite::CachedStatement<'_>,
     ic: &InlineClassify,
+    recent: &RecentContacts,
     source: &str,
     m: &super::record::Row,
     at: Millis,
@@ -853,6 +881,8 @@ fn classify_for_insert(
         Some(contact) => {
             let last = match latest.get(&(source, contact.as_str())) {
                 Some((id, last_at)) => Some((id.clone(), *last_at)),
+                // Certainly no message within the TTL: a new conversation.
+                None if !recent.may_have(source, contact, at) => None,
                 None => {
                     metrics::counter!("inlet_conversation_lookups_total").increment(1);
                     super::queries::last_conversation_with(last_conversation, source, contact)?
