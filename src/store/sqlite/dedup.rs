@@ -101,13 +101,19 @@ fn joined(source: &str, key: &str) -> String {
     s
 }
 
+/// The 64-bit hash of a (source, key) pair under `hasher` (a separator
+/// between the two, so ("ab", "c") and ("a", "bc") differ).
+pub(super) fn hash_pair(hasher: &RandomState, source: &str, key: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(source.as_bytes());
+    h.write_u8(0xff);
+    h.write(key.as_bytes());
+    h.finish()
+}
+
 impl DedupIndex {
     fn hash(&self, source: &str, key: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(source.as_bytes());
-        h.write_u8(0xff);
-        h.write(key.as_bytes());
-        h.finish()
+        hash_pair(&self.hasher, source, key)
     }
 
     fn note(&mut self, hash: u64, seen_at: Millis) {

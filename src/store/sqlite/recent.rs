@@ -21,7 +21,7 @@
 //! start a conversation that the lookup would have continued.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::RandomState;
 
 use rusqlite::{Connection, params};
 
@@ -81,11 +81,7 @@ impl RecentContacts {
     }
 
     fn hash(&self, source: &str, contact: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(source.as_bytes());
-        h.write_u8(0xff);
-        h.write(contact.as_bytes());
-        h.finish()
+        super::dedup::hash_pair(&self.hasher, source, contact)
     }
 
     /// Whether `contact` may have a message within the TTL of `at`; `false`
