@@ -1,21 +1,27 @@
 //! Dedup decided in memory, exactly, on the journal thread.
 //!
-//! Every key within the window is in one of two places: SQLite's `dedup`
-//! table (applied) or [`DedupIndex::pending`] (journaled, not applied yet).
-//! In front of both sits a map from a 64-bit hash of (source, key) to the
-//! latest `seen_at` of the keys with that hash. A hash absent from it, or
-//! whose keys all fell out of the window, means "new" at once: that is
-//! every first-time message, without touching the disk. Only a hash that
-//! is present (a real duplicate, or, rarely, another key with the same
-//! hash) is confirmed exactly, in `pending` or with one indexed read of
-//! the `dedup` table; so a hash collision costs a lookup, never a message.
+//! Every key within the window is in one map, from a 128-bit keyed hash
+//! of (source, key) to when it was last seen: loaded from SQLite's
+//! `dedup_keys` log at start-up, and noted here the moment a key is taken
+//! as new (before its record is journaled; taken back if it is not). A
+//! hash absent from the map, or seen before the window, means "new";
+//! present within the window, "duplicate". No request ever reads the disk
+//! for it.
 //!
-//! The hash map is rebuilt from the `dedup` table at start-up and holds a
-//! 16-byte entry a key (plus the map's overhead); `pending` holds whole
-//! keys, only for the backlog
-//! that SQLite has not taken in yet.
+//! The hash stands for the key: two SipHash-1-3 outputs under two random
+//! per-process keys. Two different keys are taken for one only if both
+//! 64-bit halves collide, about 2^-128 for a given pair, so even a billion
+//! keys in a window leave the odds of one false duplicate near 10^-21,
+//! below those of an undetected memory or disk error. Trusting the hash is
+//! what lets SQLite keep the keys as an append-only log instead of an
+//! index over them: the index took one random page write per message once
+//! it outgrew a transaction (random provider ids: 6.1 KB of WAL a message
+//! against 1.2 KB with the log; BENCHMARKS.md).
+//!
+//! A key costs 24 bytes in the map (plus the map's overhead); the map is
+//! rebuilt at every start, under fresh hash keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::store::Millis;
@@ -34,54 +40,43 @@ impl Hasher for Identity {
         }
     }
     fn write_u64(&mut self, n: u64) {
+        // A (u64, u64) key writes both halves: the last one stands.
         self.0 = n;
     }
 }
 
-/// What the store says of a key the hash map could not rule out.
-pub trait Confirm {
-    /// When `key` of `source` was first seen, if the `dedup` table has it.
-    fn seen_at(
-        &mut self,
-        source: &str,
-        key: &str,
-    ) -> Result<Option<Millis>, crate::store::StoreError>;
+/// A key's 128-bit hash, as the map's key.
+type Hash = (u64, u64);
+
+/// A key [`DedupIndex::check`] took as new: hand it to
+/// [`DedupIndex::forget`] if its record is not journaled after all.
+#[derive(Debug)]
+pub struct PendingKey {
+    hash: Hash,
+    /// What the map held for the hash before (a sighting past the window).
+    before: Option<Millis>,
 }
 
-/// A key [`DedupIndex::check`] took as new, until it is journaled or
-/// forgotten.
-#[derive(Debug)]
-pub struct PendingKey(String);
-
 pub struct DedupIndex {
-    /// Random per process: the map is rebuilt at every start, and nobody
-    /// outside can aim keys at one hash.
-    hasher: RandomState,
+    /// Random per process, so nobody outside can aim keys at one hash.
+    hashers: [RandomState; 2],
     /// Hash -> latest `seen_at`, in [`SHARDS`] maps by the hash's top
     /// bits: a map doubles by rehashing all it holds, on the journal
     /// thread. Inserting 2 million keys, the slowest insert (the doubling
     /// at 1.8 million) took 24–26 ms in one map, 0.7–0.8 ms in 64
     /// (BENCHMARKS.md).
-    seen: Vec<HashMap<u64, Millis, BuildHasherDefault<Identity>>>,
+    seen: Vec<HashMap<Hash, Millis, BuildHasherDefault<Identity>>>,
     /// The oldest `seen_at` in `seen` (a lower bound): pruning is skipped
     /// while nothing can have left the window.
     oldest: Millis,
-    /// Journaled keys not yet in SQLite: "source\x1fkey" -> (first seen,
-    /// end of its record; `u64::MAX` until [`Self::journaled`]).
-    pending: HashMap<String, (Millis, u64)>,
-    /// The same keys by the journal position after their record, so they
-    /// can be dropped once SQLite has applied that far.
-    order: VecDeque<(u64, String)>,
 }
 
 impl Default for DedupIndex {
     fn default() -> Self {
         Self {
-            hasher: RandomState::new(),
+            hashers: [RandomState::new(), RandomState::new()],
             seen: (0..SHARDS).map(|_| HashMap::default()).collect(),
             oldest: Millis::MAX,
-            pending: HashMap::new(),
-            order: VecDeque::new(),
         }
     }
 }
@@ -89,16 +84,8 @@ impl Default for DedupIndex {
 /// How many maps `seen` is split into (a power of two).
 const SHARDS: usize = 64;
 
-fn shard(hash: u64) -> usize {
-    (hash >> (64 - SHARDS.trailing_zeros())) as usize
-}
-
-fn joined(source: &str, key: &str) -> String {
-    let mut s = String::with_capacity(source.len() + 1 + key.len());
-    s.push_str(source);
-    s.push('\u{1f}');
-    s.push_str(key);
-    s
+fn shard(hash: Hash) -> usize {
+    (hash.0 >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
 /// The 64-bit hash of a (source, key) pair under `hasher` (a separator
@@ -112,25 +99,28 @@ pub(super) fn hash_pair(hasher: &RandomState, source: &str, key: &str) -> u64 {
 }
 
 impl DedupIndex {
-    fn hash(&self, source: &str, key: &str) -> u64 {
-        hash_pair(&self.hasher, source, key)
+    fn hash(&self, source: &str, key: &str) -> Hash {
+        (
+            hash_pair(&self.hashers[0], source, key),
+            hash_pair(&self.hashers[1], source, key),
+        )
     }
 
-    fn note(&mut self, hash: u64, seen_at: Millis) {
+    fn note(&mut self, hash: Hash, seen_at: Millis) {
         let e = self.seen[shard(hash)].entry(hash).or_insert(seen_at);
         *e = (*e).max(seen_at);
         self.oldest = self.oldest.min(seen_at);
     }
 
-    /// A key already in SQLite's `dedup` table (start-up).
+    /// A key from SQLite's `dedup_keys` log (start-up).
     pub fn load(&mut self, source: &str, key: &str, seen_at: Millis) {
         let h = self.hash(source, key);
         self.note(h, seen_at);
     }
 
-    /// `Some` when `key` is new: not seen since `cutoff`. A new key is noted
-    /// as pending at `now`; hand what comes back to [`Self::journaled`] once
-    /// its record's position is known, or to [`Self::forget`] if it is not
+    /// `Some` when `key` is new: not seen since `cutoff`. It is noted as
+    /// seen at `now` at once, so a repeat in the same group is a duplicate;
+    /// hand what comes back to [`Self::forget`] if its record is not
     /// journaled.
     pub fn check(
         &mut self,
@@ -138,55 +128,30 @@ impl DedupIndex {
         key: &str,
         now: Millis,
         cutoff: Millis,
-        store: &mut impl Confirm,
-    ) -> Result<Option<PendingKey>, crate::store::StoreError> {
-        let h = self.hash(source, key);
-        let joined = joined(source, key);
-        let new = match self.seen[shard(h)].get(&h) {
-            None => true,
-            Some(latest) if *latest < cutoff => true,
-            Some(_) => match self.pending.get(&joined) {
-                Some((at, _)) => *at < cutoff,
-                None => store.seen_at(source, key)?.is_none_or(|at| at < cutoff),
-            },
-        };
-        if !new {
-            return Ok(None);
+    ) -> Option<PendingKey> {
+        let hash = self.hash(source, key);
+        let map = &mut self.seen[shard(hash)];
+        let before = map.get(&hash).copied();
+        if before.is_some_and(|at| at >= cutoff) {
+            return None;
         }
-        self.note(h, now);
-        self.pending.insert(joined.clone(), (now, u64::MAX));
-        Ok(Some(PendingKey(joined)))
-    }
-
-    /// Keys `check` took as new are in the journal, in the record that
-    /// ends at `end`.
-    pub fn journaled(&mut self, keys: Vec<PendingKey>, end: u64) {
-        for PendingKey(k) in keys {
-            if let Some(p) = self.pending.get_mut(&k) {
-                p.1 = end;
-            }
-            self.order.push_back((end, k));
-        }
+        map.insert(hash, now);
+        self.oldest = self.oldest.min(now);
+        Some(PendingKey { hash, before })
     }
 
     /// Keys `check` took as new were not journaled after all (refused, or
-    /// the write failed): they were never seen. Their hashes stay; that only
-    /// costs a lookup.
+    /// the write failed): they were never seen this time.
     pub fn forget(&mut self, keys: Vec<PendingKey>) {
-        for PendingKey(k) in keys {
-            self.pending.remove(&k);
-        }
-    }
-
-    /// SQLite has applied the journal up to `pos`: its keys are found there
-    /// from now on.
-    pub fn applied(&mut self, pos: u64) {
-        while self.order.front().is_some_and(|(end, _)| *end <= pos) {
-            if let Some((_, k)) = self.order.pop_front()
-                && self.pending.get(&k).is_some_and(|(_, end)| *end <= pos)
-            {
-                // (A key journaled again later, past the window, stays.)
-                self.pending.remove(&k);
+        for PendingKey { hash, before } in keys.into_iter().rev() {
+            let map = &mut self.seen[shard(hash)];
+            match before {
+                Some(at) => {
+                    map.insert(hash, at);
+                }
+                None => {
+                    map.remove(&hash);
+                }
             }
         }
     }
@@ -208,12 +173,6 @@ impl DedupIndex {
             .unwrap_or(Millis::MAX);
     }
 
-    /// Keys journaled and not yet applied.
-    #[cfg(test)]
-    fn backlog(&self) -> usize {
-        self.order.len()
-    }
-
     #[cfg(test)]
     fn hashes(&self) -> usize {
         self.seen.iter().map(HashMap::len).sum()
@@ -223,95 +182,63 @@ impl DedupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
-    /// The `dedup` table, as a map, counting lookups.
-    #[derive(Default)]
-    struct Table {
-        rows: HashMap<(String, String), Millis>,
-        lookups: usize,
-    }
-
-    impl Confirm for Table {
-        fn seen_at(&mut self, source: &str, key: &str) -> Result<Option<Millis>, StoreError> {
-            self.lookups += 1;
-            Ok(self.rows.get(&(source.into(), key.into())).copied())
-        }
+    #[test]
+    fn a_key_is_new_once_and_a_duplicate_after_that_per_source() {
+        let mut idx = DedupIndex::default();
+        assert!(idx.check("sms", "a", 100, 0).is_some());
+        assert!(idx.check("sms", "b", 100, 0).is_some());
+        assert!(idx.check("sms", "a", 101, 0).is_none());
+        // Another source's key of the same name is another key, and the
+        // separator keeps ("ab", "c") apart from ("a", "bc").
+        assert!(idx.check("other", "a", 101, 0).is_some());
+        assert!(idx.check("ab", "c", 101, 0).is_some());
+        assert!(idx.check("a", "bc", 101, 0).is_some());
+        assert!(idx.check("a", "bc", 102, 0).is_none());
+        assert_eq!(idx.hashes(), 5);
     }
 
     #[test]
-    fn new_keys_cost_no_lookup_and_duplicates_are_found_pending_or_applied() {
+    fn a_loaded_key_is_a_duplicate_within_the_window_and_new_past_it() {
         let mut idx = DedupIndex::default();
-        let mut table = Table::default();
-        let a = idx.check("sms", "a", 100, 0, &mut table).unwrap();
-        let b = idx.check("sms", "b", 100, 0, &mut table).unwrap();
-        assert!(a.is_some() && b.is_some());
-        assert_eq!(table.lookups, 0, "first-time keys never ask the store");
-        // Repeated while still pending (journaled, not applied).
-        assert!(idx.check("sms", "a", 101, 0, &mut table).unwrap().is_none());
-        // Another source's key of the same name is another key.
-        let other = idx.check("other", "a", 101, 0, &mut table).unwrap();
-        assert!(other.is_some());
-        idx.journaled(a.into_iter().chain(b).collect(), 10);
-        idx.journaled(other.into_iter().collect(), 20);
-
-        // SQLite applies up to 10: those keys are now only in the table.
-        table.rows.insert(("sms".into(), "a".into()), 100);
-        table.rows.insert(("sms".into(), "b".into()), 100);
-        idx.applied(10);
-        assert_eq!(idx.backlog(), 1);
-        assert!(idx.check("sms", "b", 102, 0, &mut table).unwrap().is_none());
-        assert_eq!(table.lookups, 1, "a duplicate is confirmed in the table");
-    }
-
-    #[test]
-    fn a_key_older_than_the_window_is_new_again() {
-        let mut idx = DedupIndex::default();
-        let mut table = Table::default();
         idx.load("sms", "old", 50);
-        table.rows.insert(("sms".into(), "old".into()), 50);
-        assert!(
-            idx.check("sms", "old", 100, 40, &mut table)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            idx.check("sms", "old", 100, 60, &mut table)
-                .unwrap()
-                .is_some()
-        );
-        // Now pending as of 100: a repeat inside the new window is a duplicate.
-        assert!(
-            idx.check("sms", "old", 101, 60, &mut table)
-                .unwrap()
-                .is_none()
-        );
+        assert!(idx.check("sms", "old", 100, 40).is_none());
+        assert!(idx.check("sms", "old", 100, 60).is_some());
+        // Seen again at 100: a repeat inside the new window is a duplicate.
+        assert!(idx.check("sms", "old", 101, 60).is_none());
     }
 
     #[test]
-    fn a_hash_shared_with_an_unseen_key_is_settled_by_the_store() {
+    fn a_forgotten_key_is_as_it_was_before() {
         let mut idx = DedupIndex::default();
-        let mut table = Table::default();
-        // Force a "collision": the hash of "b" marked seen, "b" itself unknown.
-        let h = idx.hash("sms", "b");
-        idx.note(h, 100);
-        assert!(idx.check("sms", "b", 100, 0, &mut table).unwrap().is_some());
-        assert_eq!(table.lookups, 1);
+        let a = idx.check("sms", "a", 100, 0).unwrap();
+        idx.forget(vec![a]);
+        assert_eq!(idx.hashes(), 0);
+        assert!(idx.check("sms", "a", 100, 0).is_some());
+
+        // Seen at 50, past the window at 100: taken as new, then forgotten,
+        // it is back to its old sighting (still past the window).
+        idx.load("sms", "x", 50);
+        let x = idx.check("sms", "x", 100, 60).unwrap();
+        assert!(idx.check("sms", "x", 101, 60).is_none(), "pending is seen");
+        idx.forget(vec![x]);
+        assert!(
+            idx.check("sms", "x", 102, 40).is_none(),
+            "50 is within 40.."
+        );
+        assert!(idx.check("sms", "x", 103, 60).is_some());
     }
 
     #[test]
-    fn forgotten_keys_are_new_and_pruning_drops_expired_hashes() {
+    fn pruning_drops_expired_hashes_only() {
         let mut idx = DedupIndex::default();
-        let mut table = Table::default();
-        let a = idx.check("sms", "a", 100, 0, &mut table).unwrap();
-        assert!(a.is_some());
-        idx.forget(a.into_iter().collect());
-        assert!(idx.check("sms", "a", 100, 0, &mut table).unwrap().is_some());
         idx.load("sms", "x", 10);
+        assert!(idx.check("sms", "a", 100, 0).is_some());
         assert_eq!(idx.hashes(), 2);
         idx.prune(5);
         assert_eq!(idx.hashes(), 2, "nothing expired yet");
         idx.prune(50);
         assert_eq!(idx.hashes(), 1);
+        assert!(idx.check("sms", "a", 101, 50).is_none());
     }
 }

@@ -14,8 +14,8 @@
 //! while the previous `fdatasync` ran, decides their keys, writes their
 //! records in one `write` and syncs once, so an ACK costs what the
 //! group-commit ceiling costs plus the parse. Dedup stays exact: one
-//! thread decides every key in arrival order, against keys already in
-//! SQLite and keys journaled but not yet applied.
+//! thread decides every key in arrival order, against every key seen
+//! within the window (see [`super::dedup`]), without reading the disk.
 //!
 //! The applier stores each record's rows and moves the applied position in
 //! the same SQLite transaction, so a record is applied exactly once, and
@@ -27,13 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::dedup::{Confirm, DedupIndex, PendingKey};
+use super::dedup::{DedupIndex, PendingKey};
 use super::journal::{AppendError, JournalReader, JournalWriter, frame_with};
 use super::record::{Entry, EventRow, Row};
-use super::writer::{Op, map_err};
+use super::writer::Op;
 use crate::domain::PhoneNumber;
 use crate::store::{IngestBatch, IngestOutcome, InlineClassify, Millis, QueueGauges, StoreError};
 
@@ -151,23 +150,10 @@ impl Progress {
     }
 }
 
-/// The `dedup` table, read on the journal thread's own connection.
-struct Table<'a>(&'a Connection);
-
-impl Confirm for Table<'_> {
-    fn seen_at(&mut self, source: &str, key: &str) -> Result<Option<Millis>, StoreError> {
-        self.0
-            .prepare_cached("SELECT seen_at FROM dedup WHERE source = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row([source, key], |r| r.get(0)).optional())
-            .map_err(map_err)
-    }
-}
-
 /// The journal thread's state.
 pub struct Journal {
     pub writer: JournalWriter,
     pub index: DedupIndex,
-    pub table: Connection,
     pub progress: Arc<Progress>,
     /// Wakes the applier after each sync.
     pub applier: std::sync::mpsc::Sender<()>,
@@ -178,9 +164,8 @@ struct Pending {
     reply: IngestReply,
     request: Prepared,
     result: Result<IngestOutcome, StoreError>,
-    /// Keys taken as new, and the journal position after the record.
+    /// Keys taken as new, taken back if the group is not journaled.
     keys: Vec<PendingKey>,
-    end: u64,
 }
 
 impl Journal {
@@ -199,13 +184,11 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            self.index.applied(*self.progress.applied.borrow());
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
                 self.index.prune(group[0].0.dedup_cutoff);
             }
             buf.clear();
-            let base = self.writer.end();
             let mut adds = 0;
             for (request, reply) in group.drain(..) {
                 let (result, keys) = self.decide(&request, &mut buf, &mut adds);
@@ -214,7 +197,6 @@ impl Journal {
                     request,
                     result,
                     keys,
-                    end: base + buf.len() as u64,
                 });
             }
             if !buf.is_empty() {
@@ -240,7 +222,8 @@ impl Journal {
                             self.progress.broken.store(true, Ordering::Release);
                         }
                         let why = e.to_string();
-                        for p in &mut pending {
+                        // Latest first, so each hash gets back what it held.
+                        for p in pending.iter_mut().rev() {
                             self.index.forget(std::mem::take(&mut p.keys));
                             p.result = Err(StoreError::Unavailable(why.clone()));
                         }
@@ -250,9 +233,6 @@ impl Journal {
             // Answered only now: a duplicate too rests on the group before
             // it being on disk.
             for p in pending.drain(..) {
-                if p.result.is_ok() && !p.keys.is_empty() {
-                    self.index.journaled(p.keys, p.end);
-                }
                 let _ = p.reply.send((p.result, p.request));
             }
         }
@@ -271,18 +251,10 @@ impl Journal {
         // Which messages are duplicates: usually none, and then this never
         // allocates.
         let mut duplicate = Vec::new();
-        let mut table = Table(&self.table);
         for (i, m) in b.messages.iter().enumerate() {
-            match self
-                .index
-                .check(&b.source, &m.dedup_key, b.now, r.dedup_cutoff, &mut table)
-            {
-                Ok(Some(key)) => keys.push(key),
-                Ok(None) => duplicate.push(i),
-                Err(e) => {
-                    self.index.forget(keys);
-                    return (Err(e), Vec::new());
-                }
+            match (self.index).check(&b.source, &m.dedup_key, b.now, r.dedup_cutoff) {
+                Some(key) => keys.push(key),
+                None => duplicate.push(i),
             }
         }
         let out = IngestOutcome {

@@ -372,6 +372,7 @@ impl JournalWriter {
     }
 
     /// The position after the last record written.
+    #[cfg(test)]
     pub fn end(&self) -> u64 {
         self.end
     }

@@ -119,6 +119,24 @@ fn add_missing_columns(c: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// Moves an older file's `dedup` table (keyed by source and key) into the
+/// `dedup_keys` log, oldest first, in one transaction, and drops it.
+fn migrate_dedup(c: &Connection) -> Result<(), rusqlite::Error> {
+    let old = c
+        .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'dedup'")?
+        .exists([])?;
+    if old {
+        c.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO dedup_keys (source, key, seen_at)
+               SELECT source, key, seen_at FROM dedup ORDER BY seen_at;
+             DROP TABLE dedup;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
 /// Stores the journal's records past the applied position (a crash or stop
 /// came before SQLite had them), in transactions of about a thousand
 /// records, each synced (`conn` still runs `synchronous=FULL`). Returns
@@ -165,7 +183,7 @@ fn replay(
 fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
     let mut index = DedupIndex::default();
     let mut stmt = conn
-        .prepare("SELECT source, key, seen_at FROM dedup")
+        .prepare("SELECT source, key, seen_at FROM dedup_keys")
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(r) = rows.next().map_err(map_err)? {
@@ -232,6 +250,7 @@ impl SqliteStore {
         conn.execute_batch(include_str!("schema.sql"))
             .map_err(map_err)?;
         add_missing_columns(&conn).map_err(map_err)?;
+        migrate_dedup(&conn).map_err(map_err)?;
         // Most checkpointing runs on its own thread (`checkpoint_loop`), off
         // the commit path. The writer still checkpoints when the WAL passes
         // this many pages: only a checkpoint run between two of its own
@@ -343,7 +362,6 @@ impl SqliteStore {
         let journal = Journal {
             writer: journal_writer,
             index,
-            table: open_conn(path, busy_timeout).map_err(map_err)?,
             progress: progress.clone(),
             applier: wake_tx,
         };
@@ -696,6 +714,10 @@ mod tests {
             0,
             "its jobs went with it"
         );
+        // Rebuilt from the log at open, the index no longer has the key.
+        drop(store);
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
         assert_eq!(
             ingest(&store, "g1").await.accepted,
             1,
@@ -905,6 +927,74 @@ mod tests {
         assert_eq!(at, None);
         let detail = queries::get_message(&conn, "msg_old").unwrap().unwrap();
         assert_eq!(detail["attempts"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn an_older_files_dedup_table_moves_to_the_log_and_its_keys_stay_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        let now = now_millis();
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(&format!(
+                "CREATE TABLE dedup (source TEXT NOT NULL, key TEXT NOT NULL,
+                   message_id TEXT NOT NULL, seen_at INTEGER NOT NULL,
+                   PRIMARY KEY (source, key)) WITHOUT ROWID;
+                 CREATE INDEX dedup_by_seen ON dedup (seen_at);
+                 INSERT INTO dedup VALUES ('sms', 'g-new', 'msg_b', {now}), ('sms', 'g-old', 'msg_a', 1);"
+            ))
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        assert_eq!(ingest(&store, "g-new").await.duplicates, 1);
+        assert_eq!(ingest(&store, "g-old").await.accepted, 1, "past the window");
+        drop(store);
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let log: Vec<(String, i64)> = conn
+            .prepare("SELECT key, seen_at FROM dedup_keys ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(log.len(), 3, "{log:?}");
+        assert_eq!(log[0], ("g-old".to_string(), 1), "oldest first");
+        assert_eq!(log[1], ("g-new".to_string(), now));
+        assert_eq!(log[2].0, "g-old");
+        let old_table: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('dedup', 'dedup_by_seen')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0);
+    }
+
+    #[tokio::test]
+    async fn pruning_the_log_keeps_every_key_within_the_window() {
+        let (_dir, conn) = fresh_db();
+        conn.execute_batch(
+            "INSERT INTO dedup_keys (source, key, seen_at)
+               VALUES ('sms', 'a', 10), ('sms', 'b', 20), ('sms', 'c', 30), ('sms', 'd', 25)",
+        )
+        .unwrap();
+        let keys = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT key FROM dedup_keys ORDER BY id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        writer::prune(&conn, 20, 0, 100).unwrap();
+        assert_eq!(keys(&conn), ["b", "c", "d"]);
+        writer::prune(&conn, 26, 0, 100).unwrap();
+        // `d` (25), a little out of order behind `c`, goes with a later pass.
+        assert_eq!(keys(&conn), ["c", "d"]);
+        writer::prune(&conn, 31, 0, 100).unwrap();
+        assert!(keys(&conn).is_empty());
+        writer::prune(&conn, 40, 0, 100).unwrap();
     }
 
     /// A new, migrated database in a temp dir, and a connection to it.

@@ -18,15 +18,20 @@ CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source, id);
 -- No index on received_at: ids are time-ordered, retention prunes by id.
 DROP INDEX IF EXISTS messages_by_received;
 
--- One row per (source, provider key); `seen_at` is when it was first seen.
-CREATE TABLE IF NOT EXISTS dedup (
-    source     TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    seen_at    INTEGER NOT NULL,
-    PRIMARY KEY (source, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_by_seen ON dedup (seen_at);
+-- The dedup keys, as a log: one row each time a (source, provider key)
+-- was taken as new, in journal order, so rowid order is `seen_at` order
+-- (to the millisecond). Dedup is decided in memory (dedup.rs); this is
+-- what the memory is rebuilt from at start, and so has no index over the
+-- keys: every insert appends (an index over random provider ids took one
+-- random page write per message). Pruned from the front. Files of older
+-- builds had `dedup` (source, key PRIMARY KEY, message_id, seen_at); its
+-- rows move here at open (`migrate_dedup`, mod.rs).
+CREATE TABLE IF NOT EXISTS dedup_keys (
+    id      INTEGER PRIMARY KEY,
+    source  TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    seen_at INTEGER NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS jobs (
     id          INTEGER PRIMARY KEY,

@@ -758,9 +758,9 @@ pub struct Applied {
 /// transaction. Each message gets a queued `classify` job, or with
 /// `inline` is classified right here (see [`InlineClassify`]; the
 /// [`RecentContacts`] are the writer's, kept across transactions). Dedup was
-/// decided on the journal thread; a key's row is simply taken over here
-/// (it was absent or past the window). A message already stored is
-/// skipped, so applying a record twice stores it once.
+/// decided on the journal thread; each stored message's key is appended to
+/// the `dedup_keys` log. A message already stored is skipped (its key
+/// too), so applying a record twice stores it once.
 pub(super) fn apply(
     c: &Connection,
     entries: &[Entry],
@@ -771,11 +771,8 @@ pub(super) fn apply(
     // Each contact's latest conversation as this transaction leaves it:
     // a burst from one contact costs one lookup.
     let mut latest: HashMap<(&str, &str), (String, Millis)> = HashMap::new();
-    let mut dedup = c.prepare_cached(
-        "INSERT INTO dedup (source, key, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (source, key) DO UPDATE
-           SET message_id = excluded.message_id, seen_at = excluded.seen_at",
-    )?;
+    let mut dedup =
+        c.prepare_cached("INSERT INTO dedup_keys (source, key, seen_at) VALUES (?1, ?2, ?3)")?;
     let mut msg = c.prepare_cached(
         "INSERT OR IGNORE INTO messages
            (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id,
@@ -797,7 +794,6 @@ pub(super) fn apply(
     };
     for e in entries {
         for m in &e.messages {
-            dedup.execute(params![e.source, m.dedup_key, m.id, e.now])?;
             let classified = match inline.as_mut() {
                 Some((ic, recent, last_conversation)) => Some(classify_for_insert(
                     last_conversation,
@@ -825,6 +821,7 @@ pub(super) fn apply(
             if inserted == 0 {
                 continue;
             }
+            dedup.execute(params![e.source, m.dedup_key, e.now])?;
             out.stored += 1;
             match inline.as_mut().zip(classified) {
                 Some(((ic, recent, _), k)) => {
@@ -1177,14 +1174,18 @@ fn reject(c: &Connection, r: &Rejection, now: Millis) -> Result<(), rusqlite::Er
     Ok(())
 }
 
-fn prune(
+pub(super) fn prune(
     c: &Connection,
     dedup_cutoff: Millis,
     retention_cutoff: Millis,
     max_rejections: u64,
 ) -> Result<(), rusqlite::Error> {
+    // The log is in `seen_at` order: everything before its first key
+    // still within the window goes (found by reading only what goes).
     c.execute(
-        "DELETE FROM dedup WHERE seen_at < ?1",
+        "DELETE FROM dedup_keys WHERE id < coalesce(
+           (SELECT id FROM dedup_keys WHERE seen_at >= ?1 ORDER BY id LIMIT 1),
+           (SELECT max(id) + 1 FROM dedup_keys))",
         params![dedup_cutoff],
     )?;
     // Ids are time-ordered (see `message_id_floor`), so the primary key and
