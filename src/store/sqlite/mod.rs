@@ -640,6 +640,7 @@ mod tests {
     use super::*;
     use crate::domain::{Channel, InboundMessage, MessageId};
     use crate::store::{JobCompletion, Lane, ReplyClaim};
+    use serde_json::json;
 
     fn message(guid: &str) -> InboundMessage {
         InboundMessage {
@@ -927,6 +928,66 @@ mod tests {
         assert_eq!(at, None);
         let detail = queries::get_message(&conn, "msg_old").unwrap().unwrap();
         assert_eq!(detail["attempts"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn the_row_keeps_the_documents_column_fields_once_and_reads_give_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        let mut m = message("g-doc");
+        m.from = crate::domain::PhoneNumber::parse("+15551230000");
+        let id = m.id.to_string();
+        let full = serde_json::to_value(&m).unwrap();
+        let now = now_millis();
+        let batch = IngestBatch::new("sms".into(), vec![m], Vec::new(), now - 1000, now);
+        store.ingest(batch).await.unwrap();
+        store.caught_up().await;
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let doc: String = conn
+            .query_row("SELECT doc FROM messages WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let doc: Value = serde_json::from_str(&doc).unwrap();
+        for k in ["id", "source", "external_id", "from"] {
+            assert!(doc.get(k).is_none(), "{k} is a column, not in {doc}");
+        }
+        let read = store.get_message(&id).await.unwrap();
+        for (k, v) in full.as_object().unwrap() {
+            assert_eq!(&read[k], v, "{k}");
+        }
+        let listed = store.list_messages(ListQuery {
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!(listed.await.unwrap().items[0]["from"], "+15551230000");
+
+        // A document stored whole by an older build reads as it was.
+        conn.execute(
+            "INSERT INTO messages (id, source, external_id, contact, received_at, doc)
+             VALUES ('msg_0old', 'sms', 'g-old', '+1999', 0,
+                     '{\"id\":\"msg_0old\",\"source\":\"sms\",\"external_id\":\"g-old\",\"from\":\"+1999\",\"text\":\"hi\"}')",
+            [],
+        )
+        .unwrap();
+        let old = store.get_message("msg_0old").await.unwrap();
+        assert_eq!(
+            (
+                &old["id"],
+                &old["source"],
+                &old["external_id"],
+                &old["from"],
+                &old["text"]
+            ),
+            (
+                &json!("msg_0old"),
+                &json!("sms"),
+                &json!("g-old"),
+                &json!("+1999"),
+                &json!("hi")
+            )
+        );
     }
 
     #[tokio::test]

@@ -9,17 +9,58 @@ use serde_json::{Value, json};
 use super::super::{Lane, ListQuery, Millis, OptState, Page};
 use super::leases::Leases;
 
-/// The normalized message with what processing added since ingest.
-pub fn message_doc(doc: String, intent: Option<String>, conversation: Option<String>) -> Value {
-    let mut v: Value = serde_json::from_str(&doc).unwrap_or(Value::Null);
+/// The columns a message's document is rebuilt from, in this order
+/// (`m` is `messages`); [`DocColumns::read`] reads them.
+pub const DOC_COLUMNS: &str =
+    "m.doc, m.intent, m.conversation_id, m.id, m.source, m.external_id, m.contact";
+
+/// A message's row as far as its document needs it.
+pub struct DocColumns {
+    doc: String,
+    intent: Option<String>,
+    conversation: Option<String>,
+    id: String,
+    source: String,
+    external_id: String,
+    contact: Option<String>,
+}
+
+impl DocColumns {
+    /// Reads [`DOC_COLUMNS`] from `row`, starting at column `at`.
+    pub fn read(row: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            doc: row.get(at)?,
+            intent: row.get(at + 1)?,
+            conversation: row.get(at + 2)?,
+            id: row.get(at + 3)?,
+            source: row.get(at + 4)?,
+            external_id: row.get(at + 5)?,
+            contact: row.get(at + 6)?,
+        })
+    }
+}
+
+/// The normalized message with what processing added since ingest. The
+/// stored document leaves out what the row holds in columns (see
+/// [`crate::store::stored_doc`]); they are put back here. Documents
+/// stored by older builds carry them already, and keep theirs.
+pub fn message_doc(c: DocColumns) -> Value {
+    let mut v: Value = serde_json::from_str(&c.doc).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
+        let mut fill = |key: &str, value: Value| {
+            o.entry(key).or_insert(value);
+        };
+        fill("id", Value::String(c.id));
+        fill("source", Value::String(c.source));
+        fill("external_id", Value::String(c.external_id));
+        fill("from", c.contact.map(Value::String).unwrap_or(Value::Null));
         o.insert(
             "conversation_id".into(),
-            conversation.map(Value::String).unwrap_or(Value::Null),
+            c.conversation.map(Value::String).unwrap_or(Value::Null),
         );
         o.insert(
             "intent".into(),
-            intent
+            c.intent
                 .and_then(|i| serde_json::from_str(&i).ok())
                 .unwrap_or(Value::Null),
         );
@@ -34,10 +75,11 @@ const STATUS_SQL: &str = "CASE
     WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.message_id = m.id AND j.status IN ('pending', 'running')) THEN 'pending'
     ELSE 'done' END";
 
+/// A message's document and its status: [`DOC_COLUMNS`], then the status.
 fn with_status(row: &Row<'_>) -> rusqlite::Result<Value> {
-    let mut doc = message_doc(row.get(0)?, row.get(1)?, row.get(2)?);
+    let mut doc = message_doc(DocColumns::read(row, 0)?);
     if let Value::Object(o) = &mut doc {
-        o.insert("status".into(), Value::String(row.get(3)?));
+        o.insert("status".into(), Value::String(row.get(7)?));
     }
     Ok(doc)
 }
@@ -53,13 +95,13 @@ fn page(items: Vec<Value>, limit: usize, cursor_of: impl Fn(&Value) -> Option<St
 
 pub fn list_messages(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
     let sql = format!(
-        "SELECT doc, intent, conversation_id, status FROM (
-           SELECT m.id, m.source, m.contact, m.intent_label, m.doc, m.intent, m.conversation_id,
-                  {STATUS_SQL} AS status
+        "SELECT {DOC_COLUMNS}, status FROM (
+           SELECT m.id, m.source, m.external_id, m.contact, m.intent_label, m.doc, m.intent,
+                  m.conversation_id, {STATUS_SQL} AS status
            FROM messages m
            WHERE (?1 IS NULL OR m.source = ?1) AND (?2 IS NULL OR m.id < ?2)
              AND (?3 IS NULL OR m.intent_label = ?3) AND (?4 IS NULL OR m.contact = ?4)
-         ) WHERE (?5 IS NULL OR status = ?5)
+         ) m WHERE (?5 IS NULL OR status = ?5)
          ORDER BY id DESC LIMIT ?6"
     );
     let mut stmt = c.prepare_cached(&sql)?;
@@ -81,8 +123,7 @@ pub fn list_messages(c: &Connection, q: &ListQuery) -> rusqlite::Result<Page> {
 
 pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
     let sql = format!(
-        "SELECT m.doc, m.intent, m.conversation_id, {STATUS_SQL}, m.source, m.external_id,
-                m.inline_classified_at
+        "SELECT {DOC_COLUMNS}, {STATUS_SQL}, m.inline_classified_at
          FROM messages m WHERE m.id = ?1"
     );
     let found = c
@@ -92,7 +133,7 @@ pub fn get_message(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> 
                 with_status(r)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
-                r.get::<_, Option<Millis>>(6)?,
+                r.get::<_, Option<Millis>>(8)?,
             ))
         })
         .optional()?;

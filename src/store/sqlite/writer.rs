@@ -34,8 +34,8 @@ pub struct RawClaim {
     source: String,
     action: String,
     attempts: u32,
-    /// (doc, intent, conversation_id); `None` when the message is gone.
-    doc: Option<(String, Option<String>, Option<String>)>,
+    /// The message's row; `None` when the message is gone.
+    doc: Option<super::queries::DocColumns>,
 }
 
 impl RawClaim {
@@ -48,7 +48,7 @@ impl RawClaim {
             attempts: self.attempts,
             message: self
                 .doc
-                .map(|(doc, intent, conv)| super::queries::message_doc(doc, intent, conv))
+                .map(super::queries::message_doc)
                 .unwrap_or(serde_json::Value::Null),
         }
     }
@@ -980,8 +980,10 @@ fn claim(
     let mut job = c.prepare_cached(
         "SELECT message_id, source, action, attempts FROM jobs WHERE id = ?1 AND status = 'pending'",
     )?;
-    let mut load =
-        c.prepare_cached("SELECT doc, intent, conversation_id FROM messages WHERE id = ?1")?;
+    let mut load = c.prepare_cached(&format!(
+        "SELECT {} FROM messages m WHERE m.id = ?1",
+        super::queries::DOC_COLUMNS
+    ))?;
     let mut jobs = Vec::with_capacity(picked.len());
     let mut from_pending = 0;
     for (id, new) in picked {
@@ -1003,7 +1005,7 @@ fn claim(
         }
         let doc = load
             .query_row(params![message_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                super::queries::DocColumns::read(r, 0)
             })
             .optional()?;
         jobs.push(RawClaim {
