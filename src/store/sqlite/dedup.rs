@@ -26,9 +26,12 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::store::Millis;
 
+/// For maps keyed by [`Hash`]: the keys are hashes already.
+pub(super) type ByHash = BuildHasherDefault<Identity>;
+
 /// The map's keys are hashes already; hashing them again is waste.
 #[derive(Default)]
-struct Identity(u64);
+pub(super) struct Identity(u64);
 
 impl Hasher for Identity {
     fn finish(&self) -> u64 {
@@ -45,8 +48,30 @@ impl Hasher for Identity {
     }
 }
 
-/// A key's 128-bit hash, as the map's key.
-type Hash = (u64, u64);
+/// A (source, key) pair's 128-bit hash.
+pub(super) type Hash = (u64, u64);
+
+/// Hashes (source, key) pairs to 128 bits: two SipHash-1-3 outputs under
+/// random per-process keys, so nobody outside can aim keys at one hash.
+pub(super) struct PairHasher([RandomState; 2]);
+
+impl PairHasher {
+    pub fn new() -> Self {
+        Self([RandomState::new(), RandomState::new()])
+    }
+
+    /// A separator between the two, so ("ab", "c") and ("a", "bc") differ.
+    pub fn hash(&self, source: &str, key: &str) -> Hash {
+        let half = |state: &RandomState| {
+            let mut h = state.build_hasher();
+            h.write(source.as_bytes());
+            h.write_u8(0xff);
+            h.write(key.as_bytes());
+            h.finish()
+        };
+        (half(&self.0[0]), half(&self.0[1]))
+    }
+}
 
 /// A key [`DedupIndex::check`] took as new: hand it to
 /// [`DedupIndex::forget`] if its record is not journaled after all.
@@ -58,14 +83,13 @@ pub struct PendingKey {
 }
 
 pub struct DedupIndex {
-    /// Random per process, so nobody outside can aim keys at one hash.
-    hashers: [RandomState; 2],
+    hasher: PairHasher,
     /// Hash -> latest `seen_at`, in [`SHARDS`] maps by the hash's top
     /// bits: a map doubles by rehashing all it holds, on the journal
     /// thread. Inserting 2 million keys, the slowest insert (the doubling
     /// at 1.8 million) took 24–26 ms in one map, 0.7–0.8 ms in 64
     /// (BENCHMARKS.md).
-    seen: Vec<HashMap<Hash, Millis, BuildHasherDefault<Identity>>>,
+    seen: Vec<HashMap<Hash, Millis, ByHash>>,
     /// The oldest `seen_at` in `seen` (a lower bound): pruning is skipped
     /// while nothing can have left the window.
     oldest: Millis,
@@ -74,7 +98,7 @@ pub struct DedupIndex {
 impl Default for DedupIndex {
     fn default() -> Self {
         Self {
-            hashers: [RandomState::new(), RandomState::new()],
+            hasher: PairHasher::new(),
             seen: (0..SHARDS).map(|_| HashMap::default()).collect(),
             oldest: Millis::MAX,
         }
@@ -88,22 +112,9 @@ fn shard(hash: Hash) -> usize {
     (hash.0 >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
-/// The 64-bit hash of a (source, key) pair under `hasher` (a separator
-/// between the two, so ("ab", "c") and ("a", "bc") differ).
-pub(super) fn hash_pair(hasher: &RandomState, source: &str, key: &str) -> u64 {
-    let mut h = hasher.build_hasher();
-    h.write(source.as_bytes());
-    h.write_u8(0xff);
-    h.write(key.as_bytes());
-    h.finish()
-}
-
 impl DedupIndex {
     fn hash(&self, source: &str, key: &str) -> Hash {
-        (
-            hash_pair(&self.hashers[0], source, key),
-            hash_pair(&self.hashers[1], source, key),
-        )
+        self.hasher.hash(source, key)
     }
 
     fn note(&mut self, hash: Hash, seen_at: Millis) {

@@ -21,7 +21,7 @@ use super::super::{
     QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
 use super::leases::{Leases, Undo};
-use super::recent::RecentContacts;
+use super::recent::{Last, RecentContacts};
 use super::record::{Entry, EventRow};
 use super::syncer::Syncer;
 use crate::domain::{ConversationId, EventId, Intent};
@@ -828,7 +828,7 @@ pub(super) fn apply(
                     out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
-                        recent.note(&e.source, contact, e.now);
+                        recent.note(&e.source, contact, e.now, &conv);
                         latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
@@ -878,12 +878,15 @@ fn classify_for_insert(
         Some(contact) => {
             let last = match latest.get(&(source, contact.as_str())) {
                 Some((id, last_at)) => Some((id.clone(), *last_at)),
-                // Certainly no message within the TTL: a new conversation.
-                None if !recent.may_have(source, contact, at) => None,
-                None => {
-                    metrics::counter!("inlet_conversation_lookups_total").increment(1);
-                    super::queries::last_conversation_with(last_conversation, source, contact)?
-                }
+                None => match recent.last(source, contact, at) {
+                    // Certainly no message within the TTL: a new conversation.
+                    Last::None => None,
+                    Last::Known(id, last_at) => Some((id, last_at)),
+                    Last::Unknown => {
+                        metrics::counter!("inlet_conversation_lookups_total").increment(1);
+                        super::queries::last_conversation_with(last_conversation, source, contact)?
+                    }
+                },
             };
             Some(match last {
                 Some((id, last_at)) if (at - last_at).abs() <= ic.session_ttl_ms => id,
