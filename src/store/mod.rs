@@ -95,6 +95,22 @@ impl IngestBatch {
 /// Those four were a fifth of the document, written twice (journal and
 /// row) and read never.
 pub fn stored_doc(m: &InboundMessage) -> String {
+    // Every field named, so a field added to the message must be placed
+    // here (in the document or among the columns) to compile.
+    let InboundMessage {
+        id: _,
+        source: _,
+        external_id: _,
+        from: _,
+        dedup_key: _,
+        provider,
+        channel,
+        to,
+        text,
+        media,
+        received_at,
+        raw,
+    } = m;
     #[derive(Serialize)]
     struct Stored<'a> {
         provider: &'a str,
@@ -106,16 +122,16 @@ pub fn stored_doc(m: &InboundMessage) -> String {
         raw: &'a crate::domain::RawJson,
     }
     let stored = Stored {
-        provider: m.provider,
-        channel: &m.channel,
-        to: &m.to,
-        text: &m.text,
-        media: &m.media,
-        received_at: &m.received_at,
-        raw: &m.raw,
+        provider,
+        channel,
+        to,
+        text,
+        media,
+        received_at,
+        raw,
     };
     // Sized up front: growing it was a few copies per message.
-    let mut doc = Vec::with_capacity(m.raw.as_str().len() + 160);
+    let mut doc = Vec::with_capacity(raw.as_str().len() + 160);
     serde_json::to_writer(&mut doc, &stored).expect("a message always serializes");
     String::from_utf8(doc).expect("serde_json writes UTF-8")
 }

@@ -22,6 +22,7 @@
 //! rebuilt at every start, under fresh hash keys.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::store::Millis;
@@ -141,12 +142,15 @@ impl DedupIndex {
         cutoff: Millis,
     ) -> Option<PendingKey> {
         let hash = self.hash(source, key);
-        let map = &mut self.seen[shard(hash)];
-        let before = map.get(&hash).copied();
-        if before.is_some_and(|at| at >= cutoff) {
-            return None;
-        }
-        map.insert(hash, now);
+        // One probe of the map, on the thread every ACK waits for.
+        let before = match self.seen[shard(hash)].entry(hash) {
+            Entry::Occupied(e) if *e.get() >= cutoff => return None,
+            Entry::Occupied(mut e) => Some(e.insert(now)),
+            Entry::Vacant(e) => {
+                e.insert(now);
+                None
+            }
+        };
         self.oldest = self.oldest.min(now);
         Some(PendingKey { hash, before })
     }

@@ -1032,8 +1032,8 @@ mod tests {
         assert_eq!(old_table, 0);
     }
 
-    #[tokio::test]
-    async fn pruning_the_log_keeps_every_key_within_the_window() {
+    #[test]
+    fn pruning_the_log_keeps_every_key_within_the_window() {
         let (_dir, conn) = fresh_db();
         conn.execute_batch(
             "INSERT INTO dedup_keys (source, key, seen_at)

@@ -10,7 +10,6 @@
 //! already runs the next round. So each fsync is shared by every request
 //! that arrived meanwhile, and no op waits for a commit to start.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -768,9 +767,6 @@ pub(super) fn apply(
     inline: Option<(&InlineClassify, &mut RecentContacts)>,
 ) -> Result<Applied, rusqlite::Error> {
     let mut out = Applied::default();
-    // Each contact's latest conversation as this transaction leaves it:
-    // a burst from one contact costs one lookup.
-    let mut latest: HashMap<(&str, &str), (String, Millis)> = HashMap::new();
     let mut dedup =
         c.prepare_cached("INSERT INTO dedup_keys (source, key, seen_at) VALUES (?1, ?2, ?3)")?;
     let mut msg = c.prepare_cached(
@@ -802,7 +798,6 @@ pub(super) fn apply(
                     &e.source,
                     m,
                     e.now,
-                    &latest,
                 )?),
                 None => None,
             };
@@ -829,7 +824,6 @@ pub(super) fn apply(
                     out.classified += 1;
                     if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
                         recent.note(&e.source, contact, e.now, &conv);
-                        latest.insert((e.source.as_str(), contact.as_str()), (conv, e.now));
                     }
                 }
                 None => {
@@ -869,24 +863,22 @@ fn classify_for_insert(
     source: &str,
     m: &super::record::Row,
     at: Millis,
-    latest: &HashMap<(&str, &str), (String, Millis)>,
 ) -> Result<Classified, rusqlite::Error> {
     let intent = (ic.classify)(m.text.as_deref());
     let intent_json = serde_json::to_string(&intent).unwrap_or_default();
     let conversation = match &m.contact {
         None => None,
         Some(contact) => {
-            let last = match latest.get(&(source, contact.as_str())) {
-                Some((id, last_at)) => Some((id.clone(), *last_at)),
-                None => match recent.last(source, contact, at) {
-                    // Certainly no message within the TTL: a new conversation.
-                    Last::None => None,
-                    Last::Known(id, last_at) => Some((id, last_at)),
-                    Last::Unknown => {
-                        metrics::counter!("inlet_conversation_lookups_total").increment(1);
-                        super::queries::last_conversation_with(last_conversation, source, contact)?
-                    }
-                },
+            // `recent` has every message stored before this one, this
+            // transaction's too; where it cannot say, the read sees them.
+            let last = match recent.last(source, contact, at) {
+                // Certainly no message within the TTL: a new conversation.
+                Last::None => None,
+                Last::Known(id, last_at) => Some((id, last_at)),
+                Last::Unknown => {
+                    metrics::counter!("inlet_conversation_lookups_total").increment(1);
+                    super::queries::last_conversation_with(last_conversation, source, contact)?
+                }
             };
             Some(match last {
                 Some((id, last_at)) if (at - last_at).abs() <= ic.session_ttl_ms => id,
