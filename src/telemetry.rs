@@ -2,6 +2,7 @@
 //! never stalls a request), and the process-wide Prometheus recorder.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::WorkerGuard;
@@ -26,8 +27,18 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// The name of the thread that does it.
+pub const UPKEEP_THREAD: &str = "inlet-metrics";
+
 /// The process-wide recorder, installed on first use (several apps in one
-/// test process share it).
+/// test process share it), with its upkeep thread.
+///
+/// The exporter keeps every histogram sample (value and time, 24 bytes)
+/// until the samples are folded into buckets, which only a scrape or an
+/// upkeep run does. Without the upkeep thread a gateway nobody scrapes
+/// grew by 24 bytes an ACK, forever.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -40,7 +51,55 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder is installed: then ours just
             // renders nothing, which is not worth refusing to start.
             let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            // A plain thread: the recorder outlives any runtime, and tests
+            // make it outside one. If it cannot start, samples wait for
+            // the next scrape instead.
+            let started = std::thread::Builder::new()
+                .name(UPKEEP_THREAD.into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "Cannot start the metrics upkeep thread.");
+            }
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_recorder_comes_with_its_upkeep_thread() {
+        let handle = metrics_handle();
+        assert!(
+            thread_names().iter().any(|n| n == UPKEEP_THREAD),
+            "{:?}",
+            thread_names()
+        );
+        // Samples recorded and never scraped are still rendered once.
+        metrics::histogram!("inlet_test_upkeep_seconds").record(0.001);
+        handle.run_upkeep();
+        assert!(
+            handle
+                .render()
+                .contains("inlet_test_upkeep_seconds_count 1"),
+            "{}",
+            handle.render()
+        );
+    }
 }

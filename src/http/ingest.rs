@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
@@ -175,7 +175,14 @@ where
         .duplicates
         .increment(outcome.duplicates as u64);
     let ok = provider.success_body(outcome.accepted, outcome.duplicates);
-    Ok(([(header::CONTENT_TYPE, ok.content_type)], ok.body).into_response())
+    // Built by hand: the extractor-style tuple validated and copied the
+    // content type into a new header value on every ACK.
+    let mut resp = Response::new(Body::from(ok.body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(ok.content_type),
+    );
+    Ok(resp)
 }
 
 /// `on_invalid = "accept"`: the whole body kept as one event, nothing processed.

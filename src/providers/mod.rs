@@ -19,6 +19,7 @@ pub mod whatsapp_cloud;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method};
@@ -108,16 +109,23 @@ pub struct ParseContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SuccessBody {
     pub content_type: &'static str,
-    pub body: String,
+    pub body: Cow<'static, str>,
 }
 
 impl SuccessBody {
     pub fn json(accepted: usize, duplicates: usize) -> Self {
+        // One message a request is the usual case: its two answers are
+        // constants, neither formatted nor allocated per request.
+        let body = match (accepted, duplicates) {
+            (1, 0) => Cow::Borrowed(r#"{"status":"received","accepted":1,"duplicates":0}"#),
+            (0, 1) => Cow::Borrowed(r#"{"status":"received","accepted":0,"duplicates":1}"#),
+            _ => Cow::Owned(format!(
+                r#"{{"status":"received","accepted":{accepted},"duplicates":{duplicates}}}"#
+            )),
+        };
         Self {
             content_type: "application/json",
-            body: format!(
-                r#"{{"status":"received","accepted":{accepted},"duplicates":{duplicates}}}"#
-            ),
+            body,
         }
     }
 }
@@ -209,18 +217,19 @@ pub fn check_json_content_type(ct: Option<&str>) -> Result<(), ProviderError> {
     }
 }
 
-/// The media type without parameters, lower-cased.
-pub fn essence(ct: &str) -> String {
-    ct.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// The media type without parameters, as sent (compare it ignoring ASCII
+/// case: media types are case-insensitive).
+pub fn essence(ct: &str) -> &str {
+    ct.split(';').next().unwrap_or("").trim()
 }
 
 pub fn is_json(ct: &str) -> bool {
-    let e = essence(ct);
-    e == "application/json" || (e.starts_with("application/") && e.ends_with("+json"))
+    let e = essence(ct).as_bytes();
+    let (prefix, suffix) = (b"application/".as_slice(), b"+json".as_slice());
+    e.eq_ignore_ascii_case(b"application/json")
+        || (e.len() >= prefix.len() + suffix.len()
+            && e[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && e[e.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
 /// Deserializes JSON, naming the offending field in the error.
@@ -234,4 +243,44 @@ pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Provi
             ProviderError::InvalidPayload(format!("field {path}: {}", e.inner()))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_told_apart_ignoring_case_and_parameters() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;",
+            "application/vnd.api+json",
+            "APPLICATION/CLOUDEVENTS+JSON",
+            "application/+json",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "",
+            "text/json",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+            "application+json",
+            "applicatio/n+json",
+            "application/é+json",
+            "é",
+        ] {
+            assert_eq!(is_json(ct), ct == "application/é+json", "{ct}");
+        }
+        assert_eq!(essence("Text/Plain; charset=utf-8"), "Text/Plain");
+    }
+
+    #[test]
+    fn the_single_message_answers_are_the_formatted_ones() {
+        for (a, d) in [(1, 0), (0, 1), (2, 3), (0, 0)] {
+            let formatted = format!(r#"{{"status":"received","accepted":{a},"duplicates":{d}}}"#);
+            assert_eq!(SuccessBody::json(a, d).body, formatted);
+        }
+    }
 }

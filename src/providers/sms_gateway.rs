@@ -164,12 +164,10 @@ impl Provider for SmsGateway {
         let body = std::str::from_utf8(req.request().body)
             .map_err(|e| invalid(format!("body is not valid JSON: not UTF-8 ({e})")))?;
         let top = wire(body, "")?;
-        // (raw JSON text, its fields) of each message.
-        let items: Vec<(&RawValue, WireMessage)> = match top.messages {
-            None => {
-                let raw = serde_json::from_str(body).map_err(|e| invalid(format!("body: {e}")))?;
-                vec![(raw, top.message("")?)]
-            }
+        // (raw JSON, its fields) of each message.
+        let items: Vec<(RawJson, WireMessage)> = match top.messages {
+            // `wire` read the whole body: it is one JSON object.
+            None => vec![(RawJson::from_parsed_body(body), top.message("")?)],
             Some(list) => {
                 let list: Vec<&RawValue> = serde_json::from_str(list.get())
                     .map_err(|_| invalid("field messages: expected an array of messages"))?;
@@ -180,7 +178,7 @@ impl Provider for SmsGateway {
                 for (i, item) in list.into_iter().enumerate() {
                     let at = format!("messages[{i}]");
                     let fields = wire(item.get(), &at)?.message(&at)?;
-                    items.push((item, fields));
+                    items.push((RawJson::from_raw(item), fields));
                 }
                 items
             }
@@ -199,7 +197,7 @@ impl Provider for SmsGateway {
                 text: wire.message.map(Cow::into_owned),
                 media: Vec::new(),
                 received_at: ctx.received_at.to_string(),
-                raw: RawJson::from_raw(raw),
+                raw,
             });
         }
         Ok(Parsed {

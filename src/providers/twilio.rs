@@ -67,7 +67,7 @@ impl Provider for Twilio {
     fn check_content_type(&self, req: &WebhookRequest<'_>) -> Result<(), ProviderError> {
         match req.content_type() {
             None => Ok(()),
-            Some(ct) if essence(ct) == FORM => Ok(()),
+            Some(ct) if essence(ct).eq_ignore_ascii_case(FORM) => Ok(()),
             Some(ct) if is_json(ct) => {
                 if query_param(req.query(), BODY_HASH_PARAM).is_some() {
                     Ok(())
@@ -136,7 +136,7 @@ impl Provider for Twilio {
     fn success_body(&self, _accepted: usize, _duplicates: usize) -> SuccessBody {
         SuccessBody {
             content_type: "text/xml",
-            body: EMPTY_TWIML.to_string(),
+            body: EMPTY_TWIML.into(),
         }
     }
 }

@@ -119,7 +119,6 @@ pub fn stored_doc(m: &InboundMessage) -> String {
         text: &'a Option<String>,
         media: &'a [crate::domain::Media],
         received_at: &'a str,
-        raw: &'a crate::domain::RawJson,
     }
     let stored = Stored {
         provider,
@@ -128,11 +127,16 @@ pub fn stored_doc(m: &InboundMessage) -> String {
         text,
         media,
         received_at,
-        raw,
     };
     // Sized up front: growing it was a few copies per message.
     let mut doc = Vec::with_capacity(raw.as_str().len() + 160);
     serde_json::to_writer(&mut doc, &stored).expect("a message always serializes");
+    // `{...}` becomes `{...,"raw":RAW}`: the payload's text as it came
+    // (always JSON), with no second pass over it.
+    doc.pop();
+    doc.extend_from_slice(br#","raw":"#);
+    doc.extend_from_slice(raw.as_str().as_bytes());
+    doc.push(b'}');
     String::from_utf8(doc).expect("serde_json writes UTF-8")
 }
 
@@ -379,4 +383,43 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
         contact: &str,
     ) -> Result<Option<(String, Millis)>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Media, MessageId, PhoneNumber, RawJson};
+
+    #[test]
+    fn the_stored_document_is_the_message_less_its_columns() {
+        let raw = r#"{"guid":"g-1","message":"hi \"you\"","n":[1,2.5,null],"é":{}}"#;
+        let m = InboundMessage {
+            id: MessageId::generate(),
+            source: "sms".into(),
+            provider: "sms-gateway",
+            external_id: "g-1".into(),
+            dedup_key: "g-1".into(),
+            channel: Channel::Sms,
+            from: PhoneNumber::parse("+15551234567"),
+            to: Some("+15550000000".into()),
+            text: Some("hi \"you\"".into()),
+            media: vec![Media {
+                url: "https://example.com/a.jpg".into(),
+                content_type: Some("image/jpeg".into()),
+            }],
+            received_at: "2026-12-03T16:00:00Z".into(),
+            raw: RawJson::from_parsed_body(&format!("\n {raw}\r\n")),
+        };
+        let doc = stored_doc(&m);
+        let mut whole = serde_json::to_value(&m).unwrap();
+        for column in ["id", "source", "external_id", "from"] {
+            whole.as_object_mut().unwrap().remove(column);
+        }
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&doc).unwrap(),
+            whole
+        );
+        // The payload's text as it came, byte for byte.
+        assert!(doc.ends_with(&format!(r#","raw":{raw}}}"#)), "{doc}");
+    }
 }

@@ -1032,6 +1032,41 @@ mod tests {
         assert_eq!(old_table, 0);
     }
 
+    #[tokio::test]
+    async fn a_large_batch_logs_every_key_in_order_and_a_restart_knows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        // Spans every multi-row insert size (64 + 16 + 4 + 1 + 1 + 1).
+        let guids: Vec<String> = (0..87).map(|i| format!("g-{i}")).collect();
+        let batch = |guids: &[String]| {
+            let now = now_millis();
+            IngestBatch::new(
+                "sms".into(),
+                guids.iter().map(|g| message(g)).collect(),
+                Vec::new(),
+                now - 3_600_000,
+                now,
+            )
+        };
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        assert_eq!(store.ingest(batch(&guids)).await.unwrap().accepted, 87);
+        store.caught_up().await;
+        drop(store);
+        let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let log: Vec<String> = conn
+            .prepare("SELECT key FROM dedup_keys ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(log, guids);
+        drop(conn);
+        let store = SqliteStore::open(&path, Duration::from_secs(1), 100).unwrap();
+        let again = store.ingest(batch(&guids)).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 87));
+    }
+
     #[test]
     fn pruning_the_log_keeps_every_key_within_the_window() {
         let (_dir, conn) = fresh_db();

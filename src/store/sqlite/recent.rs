@@ -121,16 +121,23 @@ impl RecentContacts {
         while let Some(r) = rows.next()? {
             let (source, contact, conv): (String, String, String) =
                 (r.get(0)?, r.get(1)?, r.get(3)?);
-            recent.note(&source, &contact, r.get(2)?, &conv);
+            let key = recent.key(&source, &contact);
+            recent.note(key, r.get(2)?, &conv);
         }
         recent.last_prune = now;
         Ok(recent)
     }
 
-    /// What the lookup would find for a message of `contact` received at
-    /// `at`: its latest message within the TTL, or none.
-    pub fn last(&self, source: &str, contact: &str, at: Millis) -> Last {
-        let entry = self.latest.get(&self.hasher.hash(source, contact));
+    /// The key of (source, contact), for [`Self::last`] and [`Self::note`]:
+    /// hashed once per message, not once per call.
+    pub fn key(&self, source: &str, contact: &str) -> Hash {
+        self.hasher.hash(source, contact)
+    }
+
+    /// What the lookup would find for a message of the contact `key`
+    /// received at `at`: its latest message within the TTL, or none.
+    pub fn last(&self, key: Hash, at: Millis) -> Last {
+        let entry = self.latest.get(&key);
         match entry {
             None if at <= self.blind_until => Last::Unknown,
             None => Last::None,
@@ -142,17 +149,16 @@ impl RecentContacts {
         }
     }
 
-    /// A message of `contact` received at `at` in `conversation` was stored
-    /// (after every earlier one).
-    pub fn note(&mut self, source: &str, contact: &str, at: Millis, conversation: &str) {
-        let h = self.hasher.hash(source, contact);
+    /// A message of the contact `key` received at `at` in `conversation`
+    /// was stored (after every earlier one).
+    pub fn note(&mut self, key: Hash, at: Millis, conversation: &str) {
         let conv = pack(conversation);
-        if let Some(last) = self.latest.get_mut(&h) {
+        if let Some(last) = self.latest.get_mut(&key) {
             if at >= last.0 {
                 *last = (at, conv);
             }
         } else if self.latest.len() < self.cap {
-            self.latest.insert(h, (at, conv));
+            self.latest.insert(key, (at, conv));
         } else {
             self.blind_until = self.blind_until.max(at.saturating_add(self.ttl_ms));
         }
@@ -190,32 +196,31 @@ mod tests {
     fn a_contact_seen_within_the_ttl_has_its_latest_conversation() {
         let mut r = RecentContacts::new(TTL, 10);
         let t = 1_000_000;
-        assert_eq!(r.last("sms", "+1", t), Last::None);
-        r.note("sms", "+1", t, &conv(1));
-        assert_eq!(r.last("sms", "+1", t + TTL), Last::Known(conv(1), t));
-        assert_eq!(r.last("sms", "+1", t + TTL + 1), Last::None);
+        assert_eq!(r.last(r.key("sms", "+1"), t), Last::None);
+        r.note(r.key("sms", "+1"), t, &conv(1));
+        assert_eq!(r.last(r.key("sms", "+1"), t + TTL), Last::Known(conv(1), t));
+        assert_eq!(r.last(r.key("sms", "+1"), t + TTL + 1), Last::None);
         // An earlier time (the clock went back) is left to the lookup.
-        assert_eq!(r.last("sms", "+1", t - 5 * TTL), Last::Unknown);
+        assert_eq!(r.last(r.key("sms", "+1"), t - 5 * TTL), Last::Unknown);
         // Another source's contact of the same number is another contact.
-        assert_eq!(r.last("wa", "+1", t), Last::None);
-        assert_eq!(r.last("sms", "+2", t), Last::None);
+        assert_eq!(r.last(r.key("wa", "+1"), t), Last::None);
+        assert_eq!(r.last(r.key("sms", "+2"), t), Last::None);
         // The latest message counts, whatever order they are noted in.
-        r.note("sms", "+1", t + 30_000, &conv(2));
-        r.note("sms", "+1", t, &conv(3));
+        r.note(r.key("sms", "+1"), t + 30_000, &conv(2));
+        r.note(r.key("sms", "+1"), t, &conv(3));
         assert_eq!(
-            r.last("sms", "+1", t + 30_000 + TTL),
+            r.last(r.key("sms", "+1"), t + 30_000 + TTL),
             Last::Known(conv(2), t + 30_000)
         );
         // A conversation id of another form is looked up.
-        r.note("sms", "+4", t, "conv_legacy");
-        assert_eq!(r.last("sms", "+4", t), Last::Unknown);
+        r.note(r.key("sms", "+4"), t, "conv_legacy");
+        assert_eq!(r.last(r.key("sms", "+4"), t), Last::Unknown);
         r.note(
-            "sms",
-            "+5",
+            r.key("sms", "+5"),
             t,
             &conv(0xab).to_uppercase().replace("CONV", "conv"),
         );
-        assert_eq!(r.last("sms", "+5", t), Last::Unknown);
+        assert_eq!(r.last(r.key("sms", "+5"), t), Last::Unknown);
     }
 
     #[test]
@@ -230,18 +235,18 @@ mod tests {
     fn a_full_map_makes_absent_contacts_unknown_until_the_unrecorded_ones_expire() {
         let mut r = RecentContacts::new(TTL, 2);
         let t = 1_000_000;
-        r.note("sms", "+1", t, &conv(1));
-        r.note("sms", "+2", t, &conv(2));
-        r.note("sms", "+3", t + 10, &conv(3));
+        r.note(r.key("sms", "+1"), t, &conv(1));
+        r.note(r.key("sms", "+2"), t, &conv(2));
+        r.note(r.key("sms", "+3"), t + 10, &conv(3));
         assert_eq!(r.len(), 2);
         // +3 was not recorded: nobody absent can be ruled out meanwhile.
-        assert_eq!(r.last("sms", "+3", t + 10 + TTL), Last::Unknown);
-        assert_eq!(r.last("sms", "+9", t + 10 + TTL), Last::Unknown);
-        assert_eq!(r.last("sms", "+9", t + 11 + TTL), Last::None);
+        assert_eq!(r.last(r.key("sms", "+3"), t + 10 + TTL), Last::Unknown);
+        assert_eq!(r.last(r.key("sms", "+9"), t + 10 + TTL), Last::Unknown);
+        assert_eq!(r.last(r.key("sms", "+9"), t + 11 + TTL), Last::None);
         // Recorded contacts still move on.
-        r.note("sms", "+1", t + 20, &conv(4));
+        r.note(r.key("sms", "+1"), t + 20, &conv(4));
         assert_eq!(
-            r.last("sms", "+1", t + 20 + TTL),
+            r.last(r.key("sms", "+1"), t + 20 + TTL),
             Last::Known(conv(4), t + 20)
         );
     }
@@ -250,15 +255,15 @@ mod tests {
     fn pruning_drops_only_entries_past_the_ttl_and_waits_between_passes() {
         let mut r = RecentContacts::new(TTL, 10);
         let t = 1_000_000;
-        r.note("sms", "+1", t, &conv(1));
-        r.note("sms", "+2", t + PRUNE_EVERY_MS + TTL, &conv(2));
+        r.note(r.key("sms", "+1"), t, &conv(1));
+        r.note(r.key("sms", "+2"), t + PRUNE_EVERY_MS + TTL, &conv(2));
         r.prune(t + PRUNE_EVERY_MS + TTL + 1);
         assert_eq!(r.len(), 1);
         assert_eq!(
-            r.last("sms", "+2", t + PRUNE_EVERY_MS + TTL + 1),
+            r.last(r.key("sms", "+2"), t + PRUNE_EVERY_MS + TTL + 1),
             Last::Known(conv(2), t + PRUNE_EVERY_MS + TTL)
         );
-        r.note("sms", "+3", t, &conv(3));
+        r.note(r.key("sms", "+3"), t, &conv(3));
         r.prune(t + PRUNE_EVERY_MS + TTL + 2);
         assert_eq!(r.len(), 2, "too soon for another pass");
     }

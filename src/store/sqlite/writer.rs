@@ -10,7 +10,7 @@
 //! already runs the next round. So each fsync is shared by every request
 //! that arrived meanwhile, and no op waits for a commit to start.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -19,6 +19,7 @@ use super::super::{
     AttemptRecord, CLASSIFY, ClaimedJob, InlineClassify, JobCompletion, JobNext, Lane, Millis,
     QueueCounts, QueueGauges, Rejection, ReplyClaim, ReplyResult, StoreError,
 };
+use super::dedup::Hash;
 use super::leases::{Leases, Undo};
 use super::recent::{Last, RecentContacts};
 use super::record::{Entry, EventRow};
@@ -767,8 +768,8 @@ pub(super) fn apply(
     inline: Option<(&InlineClassify, &mut RecentContacts)>,
 ) -> Result<Applied, rusqlite::Error> {
     let mut out = Applied::default();
-    let mut dedup =
-        c.prepare_cached("INSERT INTO dedup_keys (source, key, seen_at) VALUES (?1, ?2, ?3)")?;
+    // (source, key, seen_at) of each message stored, in journal order.
+    let mut keys: Vec<(&str, &str, Millis)> = Vec::new();
     let mut msg = c.prepare_cached(
         "INSERT OR IGNORE INTO messages
            (id, source, external_id, contact, received_at, doc, intent, intent_label, conversation_id,
@@ -810,20 +811,22 @@ pub(super) fn apply(
                 m.doc,
                 classified.as_ref().map(|k| k.intent_json.as_str()),
                 classified.as_ref().map(|k| k.intent.label.as_str()),
-                classified.as_ref().and_then(|k| k.conversation.as_deref()),
+                classified
+                    .as_ref()
+                    .and_then(|k| k.conversation.as_ref().map(|(_, c)| c.as_str())),
                 classified.as_ref().map(|_| e.now),
             ])?;
             if inserted == 0 {
                 continue;
             }
-            dedup.execute(params![e.source, m.dedup_key, e.now])?;
+            keys.push((&e.source, &m.dedup_key, e.now));
             out.stored += 1;
             match inline.as_mut().zip(classified) {
                 Some(((ic, recent, _), k)) => {
                     out.enqueued += record_inline_classify(c, ic, &e.source, &m.id, &k, e.now)?;
                     out.classified += 1;
-                    if let (Some(contact), Some(conv)) = (&m.contact, k.conversation) {
-                        recent.note(&e.source, contact, e.now, &conv);
+                    if let Some((key, conv)) = k.conversation {
+                        recent.note(key, e.now, &conv);
                     }
                 }
                 None => {
@@ -840,16 +843,56 @@ pub(super) fn apply(
             insert_event(c, &e.source, ev, e.now)?;
         }
     }
+    insert_dedup_keys(c, &keys)?;
     c.prepare_cached("UPDATE journal_state SET applied = ?1 WHERE id = 1")?
         .execute(params![upto as i64])?;
     Ok(out)
+}
+
+/// Rows per `INSERT` into `dedup_keys`, largest first: a full transaction
+/// goes in statements of 64 rows, the rest in as few as the smaller sizes
+/// allow. A statement per key was a sixth of the writer's instructions a
+/// message (stepping a statement costs much more than its row).
+const KEY_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// `INSERT INTO dedup_keys ... VALUES` with each of [`KEY_ROWS`] rows.
+static KEY_INSERTS: LazyLock<[String; 4]> = LazyLock::new(|| {
+    KEY_ROWS.map(|rows| {
+        let row = "(?, ?, ?)";
+        format!(
+            "INSERT INTO dedup_keys (source, key, seen_at) VALUES {}",
+            vec![row; rows].join(", ")
+        )
+    })
+});
+
+/// Appends `keys` to the dedup log, in order.
+fn insert_dedup_keys(c: &Connection, mut keys: &[(&str, &str, Millis)]) -> rusqlite::Result<()> {
+    for (rows, sql) in KEY_ROWS.iter().zip(KEY_INSERTS.iter()) {
+        if keys.len() < *rows {
+            continue;
+        }
+        let mut stmt = c.prepare_cached(sql)?;
+        while keys.len() >= *rows {
+            let (chunk, rest) = keys.split_at(*rows);
+            for (i, (source, key, seen_at)) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(3 * i + 1, source)?;
+                stmt.raw_bind_parameter(3 * i + 2, key)?;
+                stmt.raw_bind_parameter(3 * i + 3, seen_at)?;
+            }
+            stmt.raw_execute()?;
+            keys = rest;
+        }
+    }
+    Ok(())
 }
 
 /// A message classified on the writer, before its row is written.
 struct Classified {
     intent: Intent,
     intent_json: String,
-    conversation: Option<String>,
+    /// The contact's [`RecentContacts`] key and the conversation.
+    conversation: Option<(Hash, String)>,
 }
 
 /// The rules' intent and the conversation of a message about to be stored:
@@ -871,7 +914,8 @@ fn classify_for_insert(
         Some(contact) => {
             // `recent` has every message stored before this one, this
             // transaction's too; where it cannot say, the read sees them.
-            let last = match recent.last(source, contact, at) {
+            let key = recent.key(source, contact);
+            let last = match recent.last(key, at) {
                 // Certainly no message within the TTL: a new conversation.
                 Last::None => None,
                 Last::Known(id, last_at) => Some((id, last_at)),
@@ -880,10 +924,11 @@ fn classify_for_insert(
                     super::queries::last_conversation_with(last_conversation, source, contact)?
                 }
             };
-            Some(match last {
+            let conversation = match last {
                 Some((id, last_at)) if (at - last_at).abs() <= ic.session_ttl_ms => id,
                 _ => ConversationId::generate().to_string(),
-            })
+            };
+            Some((key, conversation))
         }
     };
     Ok(Classified {
