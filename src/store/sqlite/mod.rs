@@ -1140,6 +1140,59 @@ mod tests {
         assert_eq!(writer::applied_position(&conn).unwrap(), 10);
     }
 
+    #[test]
+    fn a_failing_op_fails_alone_when_its_round_begins_the_transaction() {
+        let (dir, conn) = fresh_db();
+        let path = dir.path().join("inlet.db");
+        conn.execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.external_id = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let syncer = Syncer::spawn(&path, tx.downgrade(), Arc::new(AtomicU64::new(0))).unwrap();
+        let gauges = Arc::new(crate::store::QueueGauges::default());
+        let leases = Arc::new(Leases::default());
+        let mut w = Writer::new(conn, gauges, Arc::new(Notify::new()), syncer, leases, None);
+        let reject = |code: &str| {
+            let (reply, rx) = oneshot::channel();
+            let r = Rejection {
+                at: crate::domain::now_rfc3339(),
+                source: "sms".into(),
+                status: 400,
+                code: code.into(),
+                headers: Default::default(),
+                body: String::new(),
+            };
+            (Op::Reject(r, now_millis(), reply), rx)
+        };
+        let ((first, first_rx), (second, second_rx)) = (reject("first"), reject("second"));
+        let (reply, apply_rx) = oneshot::channel();
+        let apply = Op::Apply {
+            entries: vec![entry(now_millis(), vec![row("poison", "+1", "hi")])],
+            upto: 10,
+            inline: None,
+            reply,
+        };
+        let mut ops = vec![first, apply, second];
+        let open = w.run_round(&mut ops, None).expect("the transaction stands");
+        let other = open_conn(&path, Duration::from_secs(1)).unwrap();
+        let count = |sql: &str| -> i64 { other.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM rejections"),
+            0,
+            "the ops before and after the failure are in one transaction"
+        );
+        w.commit(open);
+        assert!(apply_rx.blocking_recv().unwrap().is_err());
+        assert!(first_rx.blocking_recv().unwrap().is_ok());
+        assert!(second_rx.blocking_recv().unwrap().is_ok());
+        assert_eq!(count("SELECT COUNT(*) FROM rejections"), 2);
+        assert_eq!(count("SELECT COUNT(*) FROM messages"), 0);
+        assert_eq!(writer::applied_position(&other).unwrap(), 0);
+        drop(tx);
+    }
+
     fn row(guid: &str, contact: &str, text: &str) -> record::Row {
         record::Row {
             id: MessageId::generate().to_string(),

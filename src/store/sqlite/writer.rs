@@ -245,7 +245,8 @@ impl Outcome {
 /// Why a transaction did not commit.
 enum Aborted {
     /// An op failed outside a savepoint of its own; the round was rolled
-    /// back, the transaction stands.
+    /// back, the transaction stands (begun again if the round was alone
+    /// in it).
     Op,
     /// A statement of the transaction itself failed, or SQLite rolled the
     /// transaction back on its own.
@@ -347,7 +348,10 @@ impl Writer {
     /// Runs `ops` inside the open transaction (beginning one if needed).
     /// Returns the transaction, or `None` when it failed as a whole (every
     /// caller in it has been answered with the error).
-    fn run_round(&mut self, ops: &mut Vec<Op>, open: Option<Open>) -> Option<Open> {
+    pub(super) fn run_round(&mut self, ops: &mut Vec<Op>, open: Option<Open>) -> Option<Open> {
+        // A round that begins its transaction needs no savepoint of its
+        // own: undoing it is undoing the transaction.
+        let alone = open.is_none();
         let mut open = match open {
             Some(o) => o,
             None => match exec(&self.conn, "BEGIN IMMEDIATE") {
@@ -363,13 +367,16 @@ impl Writer {
         };
         // Ops run without a savepoint each: a savepoint per op copies every
         // page the op touches into a statement journal, which was a fifth of
-        // the writer's time, and ops fail only on I/O errors or bugs. The
-        // round has one; only when an op fails is the round run again with
-        // a savepoint per op, so that op alone fails.
-        let attempt = match self.round(ops, false) {
+        // the writer's time, and ops fail only on I/O errors or bugs. A
+        // round that joins an open transaction has one savepoint (so does
+        // the first page write of every b-tree page it touches: a tenth of
+        // the writer's instructions a message when every round had one);
+        // only when an op fails is the round run again with a savepoint per
+        // op, so that op alone fails.
+        let attempt = match self.round(ops, false, alone) {
             Err(Aborted::Op) => {
                 self.leases.undo(&mut self.round_undo);
-                self.round(ops, true)
+                self.round(ops, true, alone)
             }
             other => other,
         };
@@ -410,14 +417,18 @@ impl Writer {
         Some(open)
     }
 
-    /// Runs `ops` in a savepoint of the open transaction. With `isolate`,
-    /// each op runs in its own savepoint and a failing op only fails itself.
-    fn round(&mut self, ops: &[Op], isolate: bool) -> Result<Vec<Outcome>, Aborted> {
+    /// Runs `ops` in a savepoint of the open transaction, or, when they are
+    /// `alone` in it, in the transaction itself (rolled back and begun
+    /// again if an op fails). With `isolate`, each op runs in its own
+    /// savepoint and a failing op only fails itself.
+    fn round(&mut self, ops: &[Op], isolate: bool, alone: bool) -> Result<Vec<Outcome>, Aborted> {
         let conn = &self.conn;
         let leases = (&*self.leases, &mut self.round_undo);
         let recent = &mut self.recent;
         let batch_err = |e: StoreError| Aborted::Batch(e);
-        exec(conn, "SAVEPOINT round").map_err(batch_err)?;
+        if !alone {
+            exec(conn, "SAVEPOINT round").map_err(batch_err)?;
+        }
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             if isolate {
@@ -433,6 +444,11 @@ impl Writer {
                 ))));
             }
             match (outcome.error().is_some(), isolate) {
+                (true, false) if alone => {
+                    exec(conn, "ROLLBACK").map_err(batch_err)?;
+                    exec(conn, "BEGIN IMMEDIATE").map_err(batch_err)?;
+                    return Err(Aborted::Op);
+                }
                 (true, false) => {
                     exec(conn, "ROLLBACK TO round").map_err(batch_err)?;
                     exec(conn, "RELEASE round").map_err(batch_err)?;
@@ -447,12 +463,14 @@ impl Writer {
             }
             outcomes.push(outcome);
         }
-        exec(conn, "RELEASE round").map_err(batch_err)?;
+        if !alone {
+            exec(conn, "RELEASE round").map_err(batch_err)?;
+        }
         Ok(outcomes)
     }
 
     /// Commits the open transaction and hands its answers to the syncer.
-    fn commit(&mut self, mut o: Open) {
+    pub(super) fn commit(&mut self, mut o: Open) {
         if let Err(e) = exec(&self.conn, "COMMIT") {
             tracing::warn!(error = %e, ops = o.done.len(), "Store commit failed.");
             if !self.conn.is_autocommit() {
@@ -515,7 +533,7 @@ const MAX_OPEN_OPS: usize = 4096;
 const BOOKKEEPING_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The transaction being filled while the previous commit is fsynced.
-struct Open {
+pub(super) struct Open {
     done: Vec<Done>,
     /// Lease changes made by it, taken back if it fails.
     undo: Vec<Undo>,
