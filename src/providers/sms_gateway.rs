@@ -41,22 +41,31 @@ struct Wire<'a> {
     /// `Some` whenever the key is there, even as `null`.
     #[serde(borrow, default, deserialize_with = "present")]
     messages: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     guid: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     number: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     message: Option<Cow<'a, str>>,
-    #[serde(rename = "date", borrow)]
+    #[serde(rename = "date", borrow, default, deserialize_with = "text")]
     _date: Option<Cow<'a, str>>,
-    #[serde(rename = "hour", borrow)]
+    #[serde(rename = "hour", borrow, default, deserialize_with = "text")]
     _hour: Option<Cow<'a, str>>,
-    #[serde(rename = "time_received", borrow)]
+    #[serde(rename = "time_received", borrow, default, deserialize_with = "text")]
     _time_received: Option<Cow<'a, str>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
+}
+
+/// An optional string, borrowed from the body unless it has escapes.
+/// (`#[serde(borrow)]` borrows a `Cow` field only when it is bare: inside
+/// an `Option` every string was copied, six allocations a message.)
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Text>::deserialize(d).map(|t| t.map(|t| t.0))
 }
 
 /// A message's fields, checked.
@@ -351,5 +360,27 @@ mod tests {
         let sig = signature::sign_body(&cfg, b"k", ONE.as_bytes());
         let h = testing::headers([("x-hub", sig.as_str())]);
         assert!(run(&p, &h, ONE).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod borrow_tests {
+    use super::*;
+
+    #[test]
+    fn strings_without_escapes_are_borrowed_and_with_escapes_read_right() {
+        let w = wire(
+            r#"{"guid":"g-1","number":"+1","message":"a \"b\"","date":"d","hour":"h","time_received":"t"}"#,
+            "",
+        )
+        .unwrap();
+        assert!(matches!(w.guid, Some(Cow::Borrowed("g-1"))), "{:?}", w.guid);
+        assert!(
+            matches!(w.number, Some(Cow::Borrowed("+1"))),
+            "{:?}",
+            w.number
+        );
+        assert_eq!(w.message.as_deref(), Some("a \"b\""));
+        assert!(matches!(w._date, Some(Cow::Borrowed("d"))), "{:?}", w._date);
     }
 }
