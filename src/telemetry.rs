@@ -35,10 +35,11 @@ pub const UPKEEP_THREAD: &str = "inlet-metrics";
 /// The process-wide recorder, installed on first use (several apps in one
 /// test process share it), with its upkeep thread.
 ///
-/// The exporter keeps every histogram sample (value and time, 24 bytes)
-/// until the samples are folded into buckets, which only a scrape or an
-/// upkeep run does. Without the upkeep thread a gateway nobody scrapes
-/// grew by 24 bytes an ACK, forever.
+/// The exporter keeps every histogram sample (a value and a time) until
+/// the samples are folded into buckets, which only a scrape or an upkeep
+/// run does. Without the upkeep thread a gateway nobody scrapes grew with
+/// every ACK, forever (`unscraped_samples_pile_up_until_upkeep` below:
+/// about 16 bytes of resident memory a sample).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -101,5 +102,51 @@ mod tests {
             "{}",
             handle.render()
         );
+    }
+}
+
+/// What the upkeep thread is for, measured: run by hand, with
+/// `cargo test --release --lib unscraped_samples -- --ignored --nocapture`
+/// (a process of its own: resident memory is process-wide).
+#[cfg(test)]
+mod probe {
+    use metrics::Recorder as _;
+
+    fn resident_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    #[ignore = "measures process memory; run alone"]
+    fn unscraped_samples_pile_up_until_upkeep() {
+        const SAMPLES: u64 = 2_000_000;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let key = metrics::Key::from_name("probe_seconds");
+        let meta = metrics::Metadata::new("probe", metrics::Level::INFO, None);
+        let histogram = recorder.register_histogram(&key, &meta);
+        let before = resident_kb();
+        for _ in 0..SAMPLES {
+            histogram.record(0.001);
+        }
+        let grown = resident_kb() - before;
+        println!(
+            "{SAMPLES} samples, never scraped: resident {before} -> {} kB, {} bytes a sample",
+            before + grown,
+            grown * 1024 / SAMPLES
+        );
+        assert!(grown * 1024 >= 8 * SAMPLES, "the samples are kept");
+        // After upkeep the same number of samples fits in the memory
+        // the first ones freed.
+        recorder.handle().run_upkeep();
+        let settled = resident_kb();
+        for _ in 0..SAMPLES {
+            histogram.record(0.001);
+        }
+        recorder.handle().run_upkeep();
+        let again = resident_kb().saturating_sub(settled);
+        println!("another {SAMPLES} with upkeep: +{again} kB");
+        assert!(again < grown / 4, "upkeep let the memory be reused");
     }
 }

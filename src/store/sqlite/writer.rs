@@ -871,8 +871,9 @@ pub(super) fn apply(
 
 /// Rows per `INSERT` into `dedup_keys`, largest first: a full transaction
 /// goes in statements of 64 rows, the rest in as few as the smaller sizes
-/// allow. A statement per key was a sixth of the writer's instructions a
-/// message (stepping a statement costs much more than its row).
+/// allow. A statement per key costs more than its row: batching them took
+/// the SQLite apply from 31,967 to 31,166 instructions a message at
+/// 1,000/s (BENCHMARKS.md).
 const KEY_ROWS: [usize; 4] = [64, 16, 4, 1];
 
 /// `INSERT INTO dedup_keys ... VALUES` with each of [`KEY_ROWS`] rows.
