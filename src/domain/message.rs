@@ -43,10 +43,12 @@ pub struct InboundMessage {
     pub source: String,
     pub provider: &'static str,
     pub external_id: String,
-    /// What dedup is keyed on within the source; usually `external_id`,
-    /// `instance:key.id` for Evolution.
+    /// What dedup is keyed on within the source, when it is not
+    /// `external_id` (Evolution: `instance:key.id`). `None` for the usual
+    /// case, rather than a second copy of the id on every request; read it
+    /// with [`InboundMessage::dedup_key`].
     #[serde(skip)]
-    pub dedup_key: String,
+    pub dedup_key: Option<String>,
     pub channel: Channel,
     pub from: Option<PhoneNumber>,
     pub to: Option<String>,
@@ -54,6 +56,13 @@ pub struct InboundMessage {
     pub media: Vec<Media>,
     pub received_at: String,
     pub raw: RawJson,
+}
+
+impl InboundMessage {
+    /// What dedup is keyed on within the source.
+    pub fn dedup_key(&self) -> &str {
+        self.dedup_key.as_deref().unwrap_or(&self.external_id)
+    }
 }
 
 /// A message's payload as the provider sent it (or, where one request
@@ -127,6 +136,38 @@ pub struct InboundEvent {
     pub payload: Value,
 }
 
+/// When a request was received, to the second, shown as RFC 3339 UTC
+/// (`2026-01-01T00:00:00Z`, as [`now_rfc3339`] writes it). Providers
+/// write it into each message's `received_at` with `to_string()`: one
+/// string a message, formatted on a stack buffer, instead of one for the
+/// request and a copy of it for each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedAt(i64);
+
+impl ReceivedAt {
+    pub fn now() -> Self {
+        Self(time::OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    pub const fn from_unix(seconds: i64) -> Self {
+        Self(seconds)
+    }
+}
+
+impl std::fmt::Display for ReceivedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = time::OffsetDateTime::from_unix_timestamp(self.0)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        // RFC 3339 at second precision is 20 bytes (years 0000-9999).
+        let mut buf = [0u8; 32];
+        let mut out = &mut buf[..];
+        at.format_into(&mut out, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| std::fmt::Error)?;
+        let written = 32 - out.len();
+        f.write_str(std::str::from_utf8(&buf[..written]).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// Now as RFC 3339 UTC with second precision.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -134,4 +175,21 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_at_shows_as_now_rfc3339_writes_it() {
+        assert_eq!(
+            ReceivedAt::from_unix(1_767_225_600).to_string(),
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(ReceivedAt::from_unix(0).to_string(), "1970-01-01T00:00:00Z");
+        // The same second on both clocks, unless a second ends in between.
+        let agree = (0..5).any(|_| ReceivedAt::now().to_string() == now_rfc3339());
+        assert!(agree, "{} / {}", ReceivedAt::now(), now_rfc3339());
+    }
 }

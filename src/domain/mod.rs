@@ -8,5 +8,5 @@ mod phone;
 
 pub use ids::{ConversationId, EventId, MessageId, new_id};
 pub use intent::{Classifier as IntentBy, Intent};
-pub use message::{Channel, InboundEvent, InboundMessage, Media, RawJson, now_rfc3339};
+pub use message::{Channel, InboundEvent, InboundMessage, Media, RawJson, ReceivedAt, now_rfc3339};
 pub use phone::PhoneNumber;

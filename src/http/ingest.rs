@@ -11,11 +11,12 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
 use crate::config::OnInvalid;
-use crate::domain::{InboundEvent, now_rfc3339};
+use crate::domain::{InboundEvent, ReceivedAt, now_rfc3339};
 use crate::providers::{ParseContext, Parsed, ProviderError, WebhookRequest};
 use crate::store::{IngestBatch, Rejection, now_millis};
 
@@ -109,8 +110,8 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err((ApiError::too_large(limit), Bytes::new()));
     }
-    let body = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
+    let body = match read_body(http_body_util::Limited::new(body, limit)).await {
+        Ok(b) => b,
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err((ApiError::too_large(limit), Bytes::new()));
         }
@@ -142,10 +143,9 @@ where
     let fail = |e: ProviderError| (ApiError::from(e), body.clone());
     provider.check_content_type(&req).map_err(fail)?;
     let verified = provider.verify(req).map_err(fail)?;
-    let received_at = now_rfc3339();
     let ctx = ParseContext {
         source: &source.config.name,
-        received_at: &received_at,
+        received_at: ReceivedAt::now(),
     };
     let parsed = match provider.parse(verified, ctx) {
         Ok(p) => p,
@@ -183,6 +183,33 @@ where
         HeaderValue::from_static(ok.content_type),
     );
     Ok(resp)
+}
+
+/// The whole body. `collect()` would queue its frames in a `VecDeque`,
+/// an allocation a request; a webhook's body usually comes in one frame,
+/// which is then handed on as it is (no copy).
+async fn read_body<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry nothing a webhook needs.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(one) => {
+                rest.extend_from_slice(&one);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// `on_invalid = "accept"`: the whole body kept as one event, nothing processed.
@@ -309,4 +336,61 @@ fn redact_query(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
+    use hyper::body::Frame;
+
+    use super::read_body;
+
+    fn frames(
+        parts: &[&'static str],
+    ) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_reads_whole_in_one_frame_or_many() {
+        let one = Bytes::from_static(b"{\"guid\":\"g\"}");
+        let read = read_body(Full::new(one.clone())).await.unwrap();
+        assert_eq!(read, one);
+        assert_eq!(
+            read.as_ptr(),
+            one.as_ptr(),
+            "one frame is handed on, not copied"
+        );
+        for parts in [
+            &["{\"a\":", "1}"][..],
+            &["", "{", "\"a\"", ":1}"],
+            &["{\"a\":1}", ""],
+        ] {
+            let read = read_body(frames(parts)).await.unwrap();
+            assert_eq!(read, parts.concat(), "{parts:?}");
+        }
+        assert!(read_body(frames(&[])).await.unwrap().is_empty());
+        assert!(read_body(Full::new(Bytes::new())).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_an_error_whichever_frame_passes_it() {
+        let err = read_body(Limited::new(frames(&["12345", "67890", "x"]), 10))
+            .await
+            .unwrap_err();
+        assert!(err.is::<http_body_util::LengthLimitError>(), "{err}");
+        let ok = read_body(Limited::new(frames(&["12345", "67890"]), 10)).await;
+        assert_eq!(ok.unwrap(), "1234567890");
+        // Trailers are skipped.
+        let with_trailers = Full::new(Bytes::from_static(b"ab"))
+            .with_trailers(async { Some(Ok::<_, Infallible>(hyper::HeaderMap::new())) });
+        assert_eq!(read_body(with_trailers).await.unwrap(), "ab");
+    }
 }

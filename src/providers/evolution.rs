@@ -185,7 +185,7 @@ impl Provider for Evolution {
                     id: MessageId::generate(),
                     source: ctx.source.to_string(),
                     provider: ProviderKind::Evolution.as_str(),
-                    dedup_key: format!("{instance}:{id}"),
+                    dedup_key: Some(format!("{instance}:{id}")),
                     external_id: id,
                     channel: Channel::Whatsapp,
                     from,
@@ -570,7 +570,7 @@ mod tests {
     fn conversation_message_is_normalized() {
         let m = one_message(CONVERSATION);
         assert_eq!(m.external_id, "3A6687C4331054C34F0F");
-        assert_eq!(m.dedup_key, "sales:3A6687C4331054C34F0F");
+        assert_eq!(m.dedup_key(), "sales:3A6687C4331054C34F0F");
         assert_eq!(m.provider, "evolution");
         assert_eq!(m.channel, Channel::Whatsapp);
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+5511988887777");
@@ -644,7 +644,7 @@ mod tests {
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+5521966665555");
         assert_eq!(m.to.as_deref(), Some("120363041967849074@g.us"));
         assert_eq!(m.text.as_deref(), Some("Bom dia, grupo"));
-        assert_eq!(m.dedup_key, "sales:ABCDEF0123456789ABCD");
+        assert_eq!(m.dedup_key(), "sales:ABCDEF0123456789ABCD");
     }
 
     #[test]
@@ -677,7 +677,7 @@ mod tests {
     fn upper_case_event_name_is_the_same_event() {
         let upper = one_message(UPPERCASE);
         let lower = one_message(CONVERSATION);
-        assert_eq!(upper.dedup_key, lower.dedup_key);
+        assert_eq!(upper.dedup_key(), lower.dedup_key());
         assert_eq!(upper.text, lower.text);
         for name in ["MESSAGES_UPSERT", "messages-upsert", " Messages.Upsert "] {
             assert_eq!(normalize_event(name), "messages.upsert");
@@ -717,12 +717,12 @@ mod tests {
     fn duplicate_delivery_yields_the_same_dedup_key() {
         let first = one_message(CONVERSATION);
         let again = one_message(CONVERSATION);
-        assert_eq!(first.dedup_key, again.dedup_key);
+        assert_eq!(first.dedup_key(), again.dedup_key());
         assert_ne!(first.id, again.id);
         // The same key.id on another instance is another message.
         let other = CONVERSATION.replace(r#""instance": "sales""#, r#""instance": "support""#);
         assert_eq!(
-            one_message(&other).dedup_key,
+            one_message(&other).dedup_key(),
             "support:3A6687C4331054C34F0F"
         );
         assert_eq!(one_message(&other).external_id, first.external_id);

@@ -102,7 +102,8 @@ pub struct Parsed {
 #[derive(Debug, Clone, Copy)]
 pub struct ParseContext<'a> {
     pub source: &'a str,
-    pub received_at: &'a str,
+    /// Written into each message's `received_at`.
+    pub received_at: crate::domain::ReceivedAt,
 }
 
 /// The success body a provider expects.

@@ -229,8 +229,8 @@ impl Provider for Respondio {
                 id: MessageId::generate(),
                 source: ctx.source.to_string(),
                 provider: ProviderKind::Respondio.as_str(),
-                external_id: external_id.clone(),
-                dedup_key: external_id,
+                external_id,
+                dedup_key: None,
                 channel,
                 from: wire
                     .contact
@@ -382,7 +382,7 @@ mod tests {
         let m = &parsed.messages[0];
         assert_eq!(m.provider, "respondio");
         assert_eq!(m.external_id, "1700000000123", "messageId in decimal");
-        assert_eq!(m.dedup_key, m.external_id);
+        assert_eq!(m.dedup_key(), m.external_id);
         assert_eq!(m.channel, Channel::Whatsapp, "channel.source lower-cased");
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+60123456789");
         assert_eq!(m.to, None);

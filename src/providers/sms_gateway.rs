@@ -173,42 +173,40 @@ impl Provider for SmsGateway {
         let body = std::str::from_utf8(req.request().body)
             .map_err(|e| invalid(format!("body is not valid JSON: not UTF-8 ({e})")))?;
         let top = wire(body, "")?;
-        // (raw JSON, its fields) of each message.
-        let items: Vec<(RawJson, WireMessage)> = match top.messages {
-            // `wire` read the whole body: it is one JSON object.
-            None => vec![(RawJson::from_parsed_body(body), top.message("")?)],
+        let message = |raw: RawJson, wire: WireMessage| InboundMessage {
+            id: MessageId::generate(),
+            source: ctx.source.to_string(),
+            provider: ProviderKind::SmsGateway.as_str(),
+            external_id: wire.guid.into_owned(),
+            dedup_key: None,
+            channel: Channel::Sms,
+            from: PhoneNumber::parse(&wire.number),
+            to: None,
+            text: wire.message.map(Cow::into_owned),
+            media: Vec::new(),
+            received_at: ctx.received_at.to_string(),
+            raw,
+        };
+        let messages = match top.messages {
+            // `wire` read the whole body: it is one JSON object. (No list
+            // of items first: that was an allocation on every request.)
+            None => vec![message(RawJson::from_parsed_body(body), top.message("")?)],
             Some(list) => {
                 let list: Vec<&RawValue> = serde_json::from_str(list.get())
                     .map_err(|_| invalid("field messages: expected an array of messages"))?;
                 if list.is_empty() {
                     return Err(invalid("field messages: empty batch"));
                 }
+                // Every item is checked before any message is made.
                 let mut items = Vec::with_capacity(list.len());
                 for (i, item) in list.into_iter().enumerate() {
                     let at = format!("messages[{i}]");
                     let fields = wire(item.get(), &at)?.message(&at)?;
                     items.push((RawJson::from_raw(item), fields));
                 }
-                items
+                items.into_iter().map(|(raw, w)| message(raw, w)).collect()
             }
         };
-        let mut messages = Vec::with_capacity(items.len());
-        for (raw, wire) in items {
-            messages.push(InboundMessage {
-                id: MessageId::generate(),
-                source: ctx.source.to_string(),
-                provider: ProviderKind::SmsGateway.as_str(),
-                external_id: wire.guid.to_string(),
-                dedup_key: wire.guid.into_owned(),
-                channel: Channel::Sms,
-                from: PhoneNumber::parse(&wire.number),
-                to: None,
-                text: wire.message.map(Cow::into_owned),
-                media: Vec::new(),
-                received_at: ctx.received_at.to_string(),
-                raw,
-            });
-        }
         Ok(Parsed {
             messages,
             events: Vec::new(),
@@ -240,7 +238,7 @@ mod tests {
         let parsed = run(&p, &HeaderMap::new(), ONE).unwrap();
         let m = &parsed.messages[0];
         assert_eq!(m.external_id, "g-1");
-        assert_eq!(m.dedup_key, "g-1");
+        assert_eq!(m.dedup_key(), "g-1");
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+15551234567");
         assert_eq!(m.text.as_deref(), Some("Yes"));
         assert_eq!(m.channel, Channel::Sms);

@@ -164,7 +164,7 @@ impl Provider for StandardWebhooks {
                 source: ctx.source.to_string(),
                 provider: ProviderKind::StandardWebhooks.as_str(),
                 external_id: id.to_string(),
-                dedup_key: id.to_string(),
+                dedup_key: None,
                 channel: Channel::Other("other".into()),
                 from,
                 to: None,
@@ -335,7 +335,7 @@ mod tests {
             panic!("one message expected")
         };
         assert_eq!(m.external_id, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
-        assert_eq!(m.dedup_key, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
+        assert_eq!(m.dedup_key(), "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
         assert_eq!(m.channel, Channel::Other("other".into()));
         assert_eq!(m.provider, "standard-webhooks");
         assert_eq!(m.text.as_deref(), Some("Yes please"));
@@ -546,7 +546,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(ID_HEADER, HeaderValue::from_static("evt_1"));
         let parsed = run(&p, &h, MESSAGE.as_bytes(), NOW).unwrap();
-        assert_eq!(parsed.messages[0].dedup_key, "evt_1");
+        assert_eq!(parsed.messages[0].dedup_key(), "evt_1");
         let err = run(&p, &HeaderMap::new(), MESSAGE.as_bytes(), NOW).unwrap_err();
         assert_eq!(
             err,

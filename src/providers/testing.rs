@@ -15,7 +15,7 @@ pub(crate) const PUBLIC_URL: &str = "https://hooks.example.com";
 pub(crate) fn ctx(source: &str) -> ParseContext<'_> {
     ParseContext {
         source,
-        received_at: "2026-01-01T00:00:00Z",
+        received_at: crate::domain::ReceivedAt::from_unix(1_767_225_600), // 2026-01-01T00:00:00Z
     }
 }
 

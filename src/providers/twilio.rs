@@ -407,8 +407,8 @@ fn normalize(params: &Params, raw: Value, ctx: ParseContext<'_>) -> Result<Parse
         id: MessageId::generate(),
         source: ctx.source.to_string(),
         provider: ProviderKind::Twilio.as_str(),
-        external_id: sid.clone(),
-        dedup_key: sid,
+        external_id: sid,
+        dedup_key: None,
         channel,
         from: PhoneNumber::parse(from),
         to,
@@ -496,7 +496,7 @@ mod tests {
 
     const CTX: ParseContext<'static> = ParseContext {
         source: "twilio-main",
-        received_at: "2026-01-01T00:00:00Z",
+        received_at: crate::domain::ReceivedAt::from_unix(1_767_225_600), // 2026-01-01T00:00:00Z
     };
 
     fn verify_and_parse(
@@ -820,7 +820,7 @@ mod tests {
         assert_eq!(m.provider, "twilio");
         assert_eq!(m.source, "twilio-main");
         assert_eq!(m.external_id, "SM5f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f");
-        assert_eq!(m.dedup_key, m.external_id);
+        assert_eq!(m.dedup_key(), m.external_id);
         assert_eq!(m.channel, Channel::Sms);
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+14155550123");
         assert_eq!(m.to.as_deref(), Some("+14155550100"));

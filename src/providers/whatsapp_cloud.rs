@@ -496,8 +496,8 @@ fn normalize_message(
         id: MessageId::generate(),
         source: ctx.source.to_string(),
         provider: ProviderKind::WhatsappCloud.as_str(),
-        external_id: id.clone(),
-        dedup_key: id,
+        external_id: id,
+        dedup_key: None,
         channel: Channel::Whatsapp,
         from,
         to,
@@ -690,7 +690,7 @@ mod tests {
         let m = &parsed.messages[0];
         assert_eq!(m.provider, "whatsapp-cloud");
         assert_eq!(m.external_id, "wamid.ABGGFlCGg0cvAgo-sJQh43L5Pe4W");
-        assert_eq!(m.dedup_key, m.external_id);
+        assert_eq!(m.dedup_key(), m.external_id);
         assert_eq!(m.channel, Channel::Whatsapp);
         assert_eq!(m.from.as_ref().unwrap().as_str(), "+16315551234");
         assert_eq!(m.to.as_deref(), Some("+16505553333"));
@@ -747,7 +747,7 @@ mod tests {
             parsed
                 .messages
                 .iter()
-                .all(|m| m.dedup_key.starts_with("wamid."))
+                .all(|m| m.dedup_key().starts_with("wamid."))
         );
         assert_eq!(parsed.messages[0].to.as_deref(), Some("+16505553333"));
         assert_eq!(

@@ -398,7 +398,7 @@ mod tests {
             source: "sms".into(),
             provider: "sms-gateway",
             external_id: "g-1".into(),
-            dedup_key: "g-1".into(),
+            dedup_key: None,
             channel: Channel::Sms,
             from: PhoneNumber::parse("+15551234567"),
             to: Some("+15550000000".into()),

@@ -252,7 +252,7 @@ impl Journal {
         // allocates.
         let mut duplicate = Vec::new();
         for (i, m) in b.messages.iter().enumerate() {
-            match (self.index).check(&b.source, &m.dedup_key, b.now, r.dedup_cutoff) {
+            match (self.index).check(&b.source, m.dedup_key(), b.now, r.dedup_cutoff) {
                 Some(key) => keys.push(key),
                 None => duplicate.push(i),
             }

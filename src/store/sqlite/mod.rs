@@ -648,7 +648,7 @@ mod tests {
             source: "sms".into(),
             provider: "sms-gateway",
             external_id: guid.into(),
-            dedup_key: guid.into(),
+            dedup_key: None,
             channel: Channel::Sms,
             from: None,
             to: None,
@@ -876,7 +876,7 @@ mod tests {
                 messages: vec![record::Row {
                     id: MessageId::generate().to_string(),
                     external_id: guid.into(),
-                    dedup_key: guid.into(),
+                    dedup_key: None,
                     contact: None,
                     doc: serde_json::to_string(&message(guid)).unwrap(),
                     text: message(guid).text,
@@ -1120,7 +1120,7 @@ mod tests {
             vec![record::Row {
                 id: MessageId::generate().to_string(),
                 external_id: "g".into(),
-                dedup_key: "g".into(),
+                dedup_key: None,
                 contact: None,
                 doc: "{}".into(),
                 text: None,
@@ -1197,7 +1197,7 @@ mod tests {
         record::Row {
             id: MessageId::generate().to_string(),
             external_id: guid.into(),
-            dedup_key: guid.into(),
+            dedup_key: None,
             contact: Some(contact.into()),
             doc: serde_json::json!({"text": text, "from": contact}).to_string(),
             text: Some(text.into()),

@@ -14,13 +14,22 @@ const VERSION: u8 = 2;
 pub struct Row {
     pub id: String,
     pub external_id: String,
-    pub dedup_key: String,
+    /// `None` when it is `external_id` (see [`Row::dedup_key`]). The
+    /// record holds the key either way.
+    pub dedup_key: Option<String>,
     pub contact: Option<String>,
     /// The normalized message as JSON, raw payload included.
     pub doc: String,
     /// The message's text, also in `doc`: carried so the writer classifies
     /// without parsing the document.
     pub text: Option<String>,
+}
+
+impl Row {
+    /// What dedup is keyed on within the source.
+    pub fn dedup_key(&self) -> &str {
+        self.dedup_key.as_deref().unwrap_or(&self.external_id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +71,7 @@ impl Entry {
             .map(|m| {
                 16 + m.id.len()
                     + m.external_id.len()
-                    + m.dedup_key.len()
+                    + m.dedup_key().len()
                     + m.doc.len()
                     + opt(&m.contact)
                     + opt(&m.text)
@@ -82,7 +91,7 @@ impl Entry {
         for m in &self.messages {
             put_str(buf, &m.id);
             put_str(buf, &m.external_id);
-            put_str(buf, &m.dedup_key);
+            put_str(buf, m.dedup_key());
             put_opt(buf, m.contact.as_deref());
             put_str(buf, &m.doc);
             put_opt(buf, m.text.as_deref());
@@ -106,7 +115,10 @@ impl Entry {
         let n = r.u32()? as usize;
         let mut messages = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
-            let (id, external_id, dedup_key) = (r.string()?, r.string()?, r.string()?);
+            let (id, external_id) = (r.string()?, r.string()?);
+            // Usually the id again: then not a string of its own.
+            let key = r.str()?;
+            let dedup_key = (key != external_id).then(|| key.to_string());
             let (contact, doc) = (r.opt()?, r.string()?);
             let text = match version {
                 1 => text_of(&doc),
@@ -173,9 +185,12 @@ impl<'a> Reader<'a> {
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    fn string(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<&'a str, String> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+        std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
+    }
+    fn string(&mut self) -> Result<String, String> {
+        self.str().map(str::to_string)
     }
     fn opt(&mut self) -> Result<Option<String>, String> {
         match self.u8()? {
@@ -201,7 +216,7 @@ mod tests {
             e.messages.push(Row {
                 id: format!("msg_{i}"),
                 external_id: "x".repeat(i),
-                dedup_key: "k".into(),
+                dedup_key: Some("k".into()),
                 contact: (i % 2 == 0).then(|| "+1555".into()),
                 doc: "{}".into(),
                 text: (i == 1).then(|| "hi".into()),
@@ -222,14 +237,24 @@ mod tests {
         let entry = Entry {
             source: "sms".into(),
             now: 1_700_000_000_123,
-            messages: vec![Row {
-                id: "msg_1".into(),
-                external_id: "g1".into(),
-                dedup_key: "g1".into(),
-                contact: Some("+15551234567".into()),
-                doc: r#"{"text":"héllo"}"#.into(),
-                text: Some("héllo".into()),
-            }],
+            messages: vec![
+                Row {
+                    id: "msg_1".into(),
+                    external_id: "g1".into(),
+                    dedup_key: None,
+                    contact: Some("+15551234567".into()),
+                    doc: r#"{"text":"héllo"}"#.into(),
+                    text: Some("héllo".into()),
+                },
+                Row {
+                    id: "msg_2".into(),
+                    external_id: "g2".into(),
+                    dedup_key: Some("inst:g2".into()),
+                    contact: None,
+                    doc: "{}".into(),
+                    text: None,
+                },
+            ],
             events: vec![EventRow {
                 kind: "status".into(),
                 external_id: None,
@@ -247,6 +272,31 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_the_id_is_written_out_and_read_back_as_none() {
+        let row = |dedup_key: Option<&str>| Entry {
+            source: "sms".into(),
+            now: 1,
+            messages: vec![Row {
+                id: "msg_1".into(),
+                external_id: "g1".into(),
+                dedup_key: dedup_key.map(str::to_string),
+                contact: None,
+                doc: "{}".into(),
+                text: None,
+            }],
+            events: vec![],
+        };
+        let (mut implied, mut spelled) = (Vec::new(), Vec::new());
+        row(None).encode(&mut implied);
+        row(Some("g1")).encode(&mut spelled);
+        // The layout of records written before the key could be implied.
+        assert_eq!(implied, spelled);
+        let read = Entry::decode(&spelled).unwrap();
+        assert_eq!(read, row(None));
+        assert_eq!(read.messages[0].dedup_key(), "g1");
+    }
+
+    #[test]
     fn a_version_1_record_reads_its_text_from_the_doc() {
         let entry = Entry {
             source: "sms".into(),
@@ -254,7 +304,7 @@ mod tests {
             messages: vec![Row {
                 id: "msg_1".into(),
                 external_id: "g1".into(),
-                dedup_key: "g1".into(),
+                dedup_key: None,
                 contact: None,
                 doc: r#"{"id":"msg_1","text":"STOP \u00e9"}"#.into(),
                 text: None,

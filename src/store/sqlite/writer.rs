@@ -839,7 +839,7 @@ pub(super) fn apply(
             if inserted == 0 {
                 continue;
             }
-            keys.push((&e.source, &m.dedup_key, e.now));
+            keys.push((&e.source, m.dedup_key(), e.now));
             out.stored += 1;
             match inline.as_mut().zip(classified) {
                 Some(((ic, recent, _), k)) => {
