@@ -12,8 +12,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 use crate::config::OnInvalid;
 use crate::domain::{InboundEvent, ReceivedAt, now_rfc3339};
@@ -42,13 +43,18 @@ pub async fn receive(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    handle(&st, &name, &parts, body).await
+    handle(&st, &name, &parts, body).await.map(Body::new)
 }
+
+/// A webhook answer's body: the success body as it is (a static or
+/// provider-made text, not boxed: that was an allocation on every ACK), or
+/// an error's.
+pub type AckBody = http_body_util::Either<Full<Bytes>, Body>;
 
 /// A webhook, whichever way it was routed (`server` calls this directly).
 /// The request parts by reference: extractors for method, URI and headers
 /// would each clone them.
-pub async fn handle<B>(st: &AppState, name: &str, parts: &Parts, body: B) -> Response
+pub async fn handle<B>(st: &AppState, name: &str, parts: &Parts, body: B) -> Response<AckBody>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -73,7 +79,7 @@ where
         }
         Err((err, body)) => {
             log_rejection(st, name, source, &err, headers, &body).await;
-            err.into_response()
+            err.into_response().map(Either::Right)
         }
     };
     match source {
@@ -97,7 +103,7 @@ async fn accept<B>(
     uri: &Uri,
     headers: &HeaderMap,
     body: B,
-) -> Result<Response, (ApiError, Bytes)>
+) -> Result<Response<AckBody>, (ApiError, Bytes)>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -158,7 +164,7 @@ where
         Err(e) => return Err(fail(e)),
     };
     let batch = IngestBatch::new(
-        source.config.name.clone(),
+        source.name.clone(),
         parsed.messages,
         parsed.events,
         now - st.dedup_window.as_millis() as i64,
@@ -177,7 +183,11 @@ where
     let ok = provider.success_body(outcome.accepted, outcome.duplicates);
     // Built by hand: the extractor-style tuple validated and copied the
     // content type into a new header value on every ACK.
-    let mut resp = Response::new(Body::from(ok.body));
+    let body = match ok.body {
+        Cow::Borrowed(text) => Bytes::from_static(text.as_bytes()),
+        Cow::Owned(text) => Bytes::from(text),
+    };
+    let mut resp = Response::new(Either::Left(Full::new(body)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(ok.content_type),

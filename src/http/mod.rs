@@ -25,6 +25,8 @@ pub use error::ApiError;
 /// A configured source with its adapter.
 pub struct Source {
     pub config: SourceConfig,
+    /// `config.name`, shared by every request's batch rather than copied.
+    pub name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     /// Header names whose values are redacted in the rejections log.
     pub redact: Vec<String>,
@@ -40,6 +42,7 @@ impl Source {
             .collect();
         let metrics = SourceMetrics::new(&config.name);
         Self {
+            name: config.name.as_str().into(),
             config,
             provider,
             redact,

@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::{AppState, ingest};
+use super::AppState;
+use super::ingest::{self, AckBody};
 
 /// The source name of a webhook path that the fast path can take as it
 /// is: `/hooks/NAME` with NAME non-empty, one segment, nothing to decode.
@@ -37,16 +38,17 @@ async fn route(
     st: Arc<AppState>,
     router: Router,
     req: hyper::Request<Incoming>,
-) -> Result<Response, Infallible> {
+) -> Result<Response<AckBody>, Infallible> {
     let (parts, body) = req.into_parts();
     if parts.method == Method::POST
         && let Some(name) = hook_source(parts.uri.path())
     {
         return Ok(ingest::handle(&st, name, &parts, body).await);
     }
-    router
+    let response = router
         .oneshot(hyper::Request::from_parts(parts, Body::new(body)))
-        .await
+        .await;
+    response.map(|r| r.map(http_body_util::Either::Right))
 }
 
 /// Serves `listener` until `stop` is cancelled, then stops accepting and

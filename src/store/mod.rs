@@ -57,7 +57,8 @@ pub const CLASSIFY: &str = "classify";
 /// Everything one webhook request carried, to commit atomically.
 #[derive(Debug, Clone)]
 pub struct IngestBatch {
-    pub source: String,
+    /// Shared, not copied: the source's name is the same on every request.
+    pub source: std::sync::Arc<str>,
     pub messages: Vec<InboundMessage>,
     /// Each message's [`stored_doc`], in the same order: serialized by the
     /// caller, on the many request threads, rather than on the single
@@ -71,7 +72,7 @@ pub struct IngestBatch {
 
 impl IngestBatch {
     pub fn new(
-        source: String,
+        source: std::sync::Arc<str>,
         messages: Vec<InboundMessage>,
         events: Vec<InboundEvent>,
         dedup_cutoff: Millis,

@@ -42,7 +42,7 @@ pub struct EventRow {
 /// A request's share of the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub source: String,
+    pub source: std::sync::Arc<str>,
     pub now: Millis,
     pub messages: Vec<Row>,
     pub events: Vec<EventRow>,
@@ -111,7 +111,7 @@ impl Entry {
             return Err(format!("unknown journal record version {version}"));
         }
         let now = i64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
-        let source = r.string()?;
+        let source = r.str()?.into();
         let n = r.u32()? as usize;
         let mut messages = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
