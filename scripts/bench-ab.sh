@@ -30,8 +30,14 @@ settle() { # bounded wait until an inlet's queue is empty
 for r in $(seq "$ROUNDS"); do
   for l in $LOADS; do
     if [ "$l" = max ]; then load=(--max); else load=(--rate "$l"); fi
-    for t in "${!PORT[@]}"; do
-      [ "$t" != group-commit ] && settle "${PORT[$t]}"
+    # Every inlet settles before each run, not only the one measured: the
+    # one measured just before may still be storing its backlog, which
+    # took the CPU from whichever target came next. The order rotates
+    # each round.
+    order=("${!PORT[@]}"); k=$(( (r - 1) % ${#order[@]} ))
+    order=("${order[@]:k}" "${order[@]:0:k}")
+    for t in "${order[@]}"; do
+      for u in "${!PORT[@]}"; do [ "$u" != group-commit ] && settle "${PORT[$u]}"; done
       res=$("$BENCH" bench --url "http://127.0.0.1:${PORT[$t]}/hooks/sms" "${load[@]}" \
         --duration "$D" --warmup 1 --connections 64 --json --quiet)
       echo "round $r load $l $t $(echo "$res" | python3 -c 'import sys,json; d=json.load(sys.stdin); l=d["latency_ms"]; print("2xx/s %.0f p50 %.3f p99 %.3f p99.9 %.3f non2xx %s errors %s" % (d["ok_rps"], l["p50"], l["p99"], l["p999"], d["non_2xx"], d["errors"]))')"
