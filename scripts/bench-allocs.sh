@@ -12,18 +12,11 @@
 # (TOP=4), which name the thread (the HTTP workers call the provider's
 # `parse`). Loopback only.
 set -u
-bin=$(realpath "$1"); port=${2:-18562}; n=${REQUESTS:-3000}; rate=${RATE:-200}
+bin=$(realpath "$1"); port=${2:-18562}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/callgrind-load.sh"
 d=$(mktemp -d "${TMPDIR:-/tmp}/inlet-allocs.XXXXXX")
-trap 'pkill -TERM -f "callgrind-out-file=$d/cg.out" 2>/dev/null; rm -rf "$d"' EXIT
-(cd "$d" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$port exec valgrind --tool=callgrind \
-  --separate-threads=yes --callgrind-out-file="$d/cg.out" "$bin" serve > log 2>&1) &
-for _ in $(seq 120); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
-"$ROOT/target/release/inlet" bench --url "http://127.0.0.1:$port/hooks/sms" --rate "$rate" \
-  --duration "$((n / rate))" --warmup 0 --connections 8 --quiet --json > "$d/r.json"
-sleep 3
-pkill -TERM -f "callgrind-out-file=$d/cg.out"
-for _ in $(seq 60); do pgrep -f "callgrind-out-file=$d/cg.out" > /dev/null || break; sleep 1; done
+callgrind_load "$bin" "$port" "$d" --separate-threads=yes
 python3 - "$d" "${TOP:-4}" <<'PY'
 import collections, glob, json, re, sys
 d, top = sys.argv[1], int(sys.argv[2])
