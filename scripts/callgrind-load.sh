@@ -10,7 +10,8 @@ callgrind_load() {
   local bin=$1 port=$2 d=$3 rate=${RATE:-200}
   shift 3
   n=${REQUESTS:-3000}
-  trap 'pkill -TERM -f "callgrind-out-file=$d/cg.out" 2>/dev/null; rm -rf "$d"' EXIT
+  # Expanded now: `d` is this function's own, gone when the trap runs.
+  trap "pkill -TERM -f 'callgrind-out-file=$d/cg.out' 2>/dev/null; rm -rf '$d'" EXIT
   (cd "$d" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$port exec valgrind --tool=callgrind \
     "$@" --callgrind-out-file="$d/cg.out" "$bin" serve > log 2>&1) &
   for _ in $(seq 120); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 1; done

@@ -3,6 +3,7 @@
 //! and answer only once it is durable. The handler never waits on an
 //! action, only on the commit. `GET /hooks/{source}` is Meta's handshake.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Either, Full};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 
 use crate::config::OnInvalid;
 use crate::domain::{InboundEvent, ReceivedAt, now_rfc3339};
@@ -49,7 +49,7 @@ pub async fn receive(
 /// A webhook answer's body: the success body as it is (a static or
 /// provider-made text, not boxed: that was an allocation on every ACK), or
 /// an error's.
-pub type AckBody = http_body_util::Either<Full<Bytes>, Body>;
+pub type AckBody = Either<Full<Bytes>, Body>;
 
 /// A webhook, whichever way it was routed (`server` calls this directly).
 /// The request parts by reference: extractors for method, URI and headers
@@ -151,7 +151,8 @@ where
     let verified = provider.verify(req).map_err(fail)?;
     let ctx = ParseContext {
         source: &source.config.name,
-        received_at: ReceivedAt::now(),
+        // The request's one clock reading, to the second.
+        received_at: ReceivedAt::from_unix(now / 1000),
     };
     let parsed = match provider.parse(verified, ctx) {
         Ok(p) => p,

@@ -197,14 +197,13 @@ impl Provider for SmsGateway {
                 if list.is_empty() {
                     return Err(invalid("field messages: empty batch"));
                 }
-                // Every item is checked before any message is made.
-                let mut items = Vec::with_capacity(list.len());
+                let mut messages = Vec::with_capacity(list.len());
                 for (i, item) in list.into_iter().enumerate() {
                     let at = format!("messages[{i}]");
                     let fields = wire(item.get(), &at)?.message(&at)?;
-                    items.push((RawJson::from_raw(item), fields));
+                    messages.push(message(RawJson::from_raw(item), fields));
                 }
-                items.into_iter().map(|(raw, w)| message(raw, w)).collect()
+                messages
             }
         };
         Ok(Parsed {
