@@ -33,6 +33,8 @@ async fn metrics_expose_the_documented_series() {
         r#"inlet_queue_jobs{status="pending"}"#,
         r#"inlet_job_attempts_total{action="classify",outcome="success"} 1"#,
         r#"inlet_stage_seconds_bucket{stage="commit""#,
+        // Both 200s waited for the journal thread; the 404 never reached it.
+        r#"inlet_stage_seconds_count{stage="journal_wait"} 2"#,
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -48,6 +48,8 @@ pub struct Prepared {
     entry: Entry,
     framed: Vec<u8>,
     dedup_cutoff: Millis,
+    /// When it was made, just before it is sent to the journal thread.
+    made: Instant,
 }
 
 impl Prepared {
@@ -87,6 +89,7 @@ impl Prepared {
             entry,
             framed,
             dedup_cutoff: b.dedup_cutoff,
+            made: Instant::now(),
         }
     }
 }
@@ -172,6 +175,9 @@ impl Journal {
     /// Runs until every sender is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<(Prepared, IngestReply)>) {
         let fsync_seconds = metrics::histogram!("inlet_stage_seconds", "stage" => "journal");
+        // How long requests wait for this thread, mostly behind the sync in
+        // progress: where the ACK tail shows (BENCHMARKS.md).
+        let wait_seconds = metrics::histogram!("inlet_stage_seconds", "stage" => "journal_wait");
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut pending: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
         let mut buf = Vec::new();
@@ -190,7 +196,9 @@ impl Journal {
             }
             buf.clear();
             let mut adds = 0;
+            let taken = Instant::now();
             for (request, reply) in group.drain(..) {
+                wait_seconds.record(taken.saturating_duration_since(request.made).as_secs_f64());
                 let (result, keys) = self.decide(&request, &mut buf, &mut adds);
                 pending.push(Pending {
                     reply,
