@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::time::Duration;
 
 use crate::store::Millis;
 
@@ -86,13 +87,20 @@ pub struct PendingKey {
 pub struct DedupIndex {
     hasher: PairHasher,
     /// Hash -> latest `seen_at`, in [`SHARDS`] maps by the hash's top
-    /// bits: a map doubles by rehashing all it holds, on the journal
-    /// thread. Inserting 2 million keys, the slowest insert (the doubling
-    /// at 1.8 million) took 24–26 ms in one map, 0.7–0.8 ms in 64
-    /// (BENCHMARKS.md).
-    seen: Vec<HashMap<Hash, Millis, ByHash>>,
-    /// The oldest `seen_at` in `seen` (a lower bound): pruning is skipped
-    /// while nothing can have left the window.
+    /// bits, for two reasons, both about the journal thread every ACK
+    /// waits for: a map doubles by rehashing all it holds (inserting 2
+    /// million keys, the slowest insert took 24–26 ms in one map, 0.7–0.8
+    /// ms in 64), and pruning passes over one shard at a time (a full pass
+    /// over 20 million keys took 108 ms; BENCHMARKS.md).
+    seen: Vec<Shard>,
+    /// The shard the next [`Self::prune_step`] passes over.
+    next: usize,
+}
+
+struct Shard {
+    map: HashMap<Hash, Millis, ByHash>,
+    /// The oldest `seen_at` in `map` (a lower bound): its pass is skipped
+    /// while nothing in it can have left the window.
     oldest: Millis,
 }
 
@@ -100,14 +108,24 @@ impl Default for DedupIndex {
     fn default() -> Self {
         Self {
             hasher: PairHasher::new(),
-            seen: (0..SHARDS).map(|_| HashMap::default()).collect(),
-            oldest: Millis::MAX,
+            seen: (0..SHARDS)
+                .map(|_| Shard {
+                    map: HashMap::default(),
+                    oldest: Millis::MAX,
+                })
+                .collect(),
+            next: 0,
         }
     }
 }
 
 /// How many maps `seen` is split into (a power of two).
-const SHARDS: usize = 64;
+const SHARDS: usize = 1024;
+
+/// How often [`DedupIndex::prune_step`] should run so that every shard is
+/// passed over once a minute: expired hashes cost only memory (a lookup
+/// compares the time itself), so a minute late is soon enough.
+pub const PRUNE_STEP_EVERY: Duration = Duration::from_millis(60_000 / SHARDS as u64);
 
 fn shard(hash: Hash) -> usize {
     (hash.0 >> (64 - SHARDS.trailing_zeros())) as usize
@@ -119,9 +137,10 @@ impl DedupIndex {
     }
 
     fn note(&mut self, hash: Hash, seen_at: Millis) {
-        let e = self.seen[shard(hash)].entry(hash).or_insert(seen_at);
+        let s = &mut self.seen[shard(hash)];
+        let e = s.map.entry(hash).or_insert(seen_at);
         *e = (*e).max(seen_at);
-        self.oldest = self.oldest.min(seen_at);
+        s.oldest = s.oldest.min(seen_at);
     }
 
     /// A key from SQLite's `dedup_keys` log (start-up).
@@ -142,8 +161,9 @@ impl DedupIndex {
         cutoff: Millis,
     ) -> Option<PendingKey> {
         let hash = self.hash(source, key);
+        let s = &mut self.seen[shard(hash)];
         // One probe of the map, on the thread every ACK waits for.
-        let before = match self.seen[shard(hash)].entry(hash) {
+        let before = match s.map.entry(hash) {
             Entry::Occupied(e) if *e.get() >= cutoff => return None,
             Entry::Occupied(mut e) => Some(e.insert(now)),
             Entry::Vacant(e) => {
@@ -151,7 +171,7 @@ impl DedupIndex {
                 None
             }
         };
-        self.oldest = self.oldest.min(now);
+        s.oldest = s.oldest.min(now);
         Some(PendingKey { hash, before })
     }
 
@@ -159,38 +179,46 @@ impl DedupIndex {
     /// the write failed): they were never seen this time.
     pub fn forget(&mut self, keys: Vec<PendingKey>) {
         for PendingKey { hash, before } in keys.into_iter().rev() {
-            let map = &mut self.seen[shard(hash)];
+            let s = &mut self.seen[shard(hash)];
             match before {
                 Some(at) => {
-                    map.insert(hash, at);
+                    s.map.insert(hash, at);
+                    s.oldest = s.oldest.min(at);
                 }
                 None => {
-                    map.remove(&hash);
+                    s.map.remove(&hash);
                 }
             }
         }
     }
 
-    /// Drops hashes whose keys all fell out of the window. A full pass, so
-    /// it runs only when something can have expired.
-    pub fn prune(&mut self, cutoff: Millis) {
-        if self.oldest >= cutoff {
+    /// Drops the hashes of one shard, the next in turn, whose keys all fell
+    /// out of the window: a 1,024th of the index a step, so no step holds
+    /// the journal thread for long. A shard that emptied out gives memory
+    /// back.
+    pub fn prune_step(&mut self, cutoff: Millis) {
+        let s = &mut self.seen[self.next];
+        self.next = (self.next + 1) % SHARDS;
+        if s.oldest >= cutoff {
             return;
         }
-        for map in &mut self.seen {
-            map.retain(|_, at| *at >= cutoff);
+        let mut oldest = Millis::MAX;
+        s.map.retain(|_, at| {
+            let keep = *at >= cutoff;
+            if keep {
+                oldest = oldest.min(*at);
+            }
+            keep
+        });
+        s.oldest = oldest;
+        if s.map.len() < s.map.capacity() / 4 {
+            s.map.shrink_to(s.map.len() * 2);
         }
-        self.oldest = self
-            .seen
-            .iter()
-            .flat_map(|m| m.values().copied())
-            .min()
-            .unwrap_or(Millis::MAX);
     }
 
     #[cfg(test)]
     fn hashes(&self) -> usize {
-        self.seen.iter().map(HashMap::len).sum()
+        self.seen.iter().map(|s| s.map.len()).sum()
     }
 }
 
@@ -244,16 +272,79 @@ mod tests {
         assert!(idx.check("sms", "x", 103, 60).is_some());
     }
 
+    /// One step after another, over every shard.
+    fn prune_all(idx: &mut DedupIndex, cutoff: Millis) {
+        for _ in 0..SHARDS {
+            idx.prune_step(cutoff);
+        }
+    }
+
     #[test]
     fn pruning_drops_expired_hashes_only() {
         let mut idx = DedupIndex::default();
         idx.load("sms", "x", 10);
         assert!(idx.check("sms", "a", 100, 0).is_some());
         assert_eq!(idx.hashes(), 2);
-        idx.prune(5);
+        prune_all(&mut idx, 5);
         assert_eq!(idx.hashes(), 2, "nothing expired yet");
-        idx.prune(50);
+        prune_all(&mut idx, 50);
         assert_eq!(idx.hashes(), 1);
         assert!(idx.check("sms", "a", 101, 50).is_none());
+    }
+
+    #[test]
+    fn a_prune_step_passes_over_one_shard_only() {
+        let mut idx = DedupIndex::default();
+        for i in 0..(SHARDS as u64 * 8) {
+            idx.note((i << 54, i), 10);
+        }
+        assert_eq!(idx.hashes(), SHARDS * 8);
+        idx.prune_step(50);
+        assert_eq!(idx.hashes(), (SHARDS - 1) * 8, "one shard's hashes went");
+        prune_all(&mut idx, 50);
+        assert_eq!(idx.hashes(), 0);
+        // Emptied shards gave their memory back.
+        assert!(idx.seen.iter().all(|s| s.map.capacity() < 8));
+    }
+}
+
+/// The pause a prune step puts on the journal thread, against the full
+/// pass an index without steps would take (BENCHMARKS.md).
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    #[ignore = "a measurement: KEYS=20000000 cargo test --release --lib dedup::measure -- --ignored --nocapture"]
+    fn prune_pause() {
+        let n: u64 = std::env::var("KEYS").map_or(20_000_000, |s| s.parse().unwrap());
+        let mut idx = DedupIndex::default();
+        // Spread over a window of 1,000 ms; a cutoff of 10 expires 1 %.
+        // Inserts over 0.5 ms: doublings (and the odd preemption).
+        let (mut slowest_insert, mut slow_inserts) = (Duration::ZERO, 0);
+        for i in 0..n {
+            let t = Instant::now();
+            idx.note(
+                (i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i),
+                (i % 1000) as Millis,
+            );
+            let took = t.elapsed();
+            slowest_insert = slowest_insert.max(took);
+            slow_inserts += usize::from(took > Duration::from_micros(500));
+        }
+        let (mut total, mut slowest) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..SHARDS {
+            let t = Instant::now();
+            idx.prune_step(10);
+            let took = t.elapsed();
+            total += took;
+            slowest = slowest.max(took);
+        }
+        eprintln!(
+            "{n} keys, {SHARDS} shards: slowest insert {slowest_insert:?}, {slow_inserts} over 0.5 ms; \
+             prune: all steps {total:?}, slowest step {slowest:?}, {} left",
+            idx.hashes()
+        );
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::dedup::{DedupIndex, PendingKey};
+use super::dedup::{DedupIndex, PRUNE_STEP_EVERY, PendingKey};
 use super::journal::{AppendError, JournalReader, JournalWriter, frame_with};
 use super::record::{Entry, EventRow, Row};
 use super::writer::Op;
@@ -104,8 +104,6 @@ const MAX_APPLY_BYTES: usize = 1024 * 1024;
 /// message (syscall bytes, 1,000/s); gathering the records of 20 ms: 12 KB
 /// (BENCHMARKS.md). Only background work waits for it.
 pub const APPLY_EVERY: Duration = Duration::from_millis(20);
-/// Pruning of expired hashes is considered this often.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the journal thread, the applier and the store share.
 pub struct Progress {
@@ -190,9 +188,9 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            if last_prune.elapsed() >= PRUNE_EVERY {
+            if last_prune.elapsed() >= PRUNE_STEP_EVERY {
                 last_prune = Instant::now();
-                self.index.prune(group[0].0.dedup_cutoff);
+                self.index.prune_step(group[0].0.dedup_cutoff);
             }
             buf.clear();
             let mut adds = 0;
