@@ -309,7 +309,8 @@ mod tests {
 }
 
 /// The pause a prune step puts on the journal thread, against the full
-/// pass an index without steps would take (BENCHMARKS.md).
+/// pass an index without steps would take, and the memory a key costs
+/// (BENCHMARKS.md).
 #[cfg(test)]
 mod measure {
     use super::*;
@@ -319,6 +320,7 @@ mod measure {
     #[ignore = "a measurement: KEYS=20000000 cargo test --release --lib dedup::measure -- --ignored --nocapture"]
     fn prune_pause() {
         let n: u64 = std::env::var("KEYS").map_or(20_000_000, |s| s.parse().unwrap());
+        let rss_before = rss_bytes();
         let mut idx = DedupIndex::default();
         // Spread over a window of 1,000 ms; a cutoff of 10 expires 1 %.
         // Inserts over 0.5 ms: doublings (and the odd preemption).
@@ -333,6 +335,7 @@ mod measure {
             slowest_insert = slowest_insert.max(took);
             slow_inserts += usize::from(took > Duration::from_micros(500));
         }
+        let per_key = (rss_bytes() - rss_before) as f64 / n as f64;
         let (mut total, mut slowest) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..SHARDS {
             let t = Instant::now();
@@ -342,9 +345,17 @@ mod measure {
             slowest = slowest.max(took);
         }
         eprintln!(
-            "{n} keys, {SHARDS} shards: slowest insert {slowest_insert:?}, {slow_inserts} over 0.5 ms; \
-             prune: all steps {total:?}, slowest step {slowest:?}, {} left",
+            "{n} keys, {SHARDS} shards: {per_key:.1} bytes of RSS a key; \
+             slowest insert {slowest_insert:?}, {slow_inserts} over 0.5 ms; prune: all steps {total:?}, slowest step {slowest:?}, {} left",
             idx.hashes()
         );
+    }
+
+    /// This process's resident set (Linux).
+    fn rss_bytes() -> i64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
     }
 }

@@ -179,6 +179,14 @@ fn replay(
     Ok((end, stored))
 }
 
+/// A text column borrowed from SQLite's row buffer: no allocation a key
+/// while the index is rebuilt.
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    r.get_ref(i)
+        .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+        .map_err(map_err)
+}
+
 /// The dedup keys SQLite holds, for the in-memory index.
 fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
     let mut index = DedupIndex::default();
@@ -187,9 +195,7 @@ fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(r) = rows.next().map_err(map_err)? {
-        let (source, key): (String, String) =
-            (r.get(0).map_err(map_err)?, r.get(1).map_err(map_err)?);
-        index.load(&source, &key, r.get(2).map_err(map_err)?);
+        index.load(text(r, 0)?, text(r, 1)?, r.get(2).map_err(map_err)?);
     }
     Ok(index)
 }
@@ -1365,5 +1371,36 @@ mod tests {
             assert!(!whole_table && partial, "{sql}\n  plan: {plan:?}");
         }
         drop(store);
+    }
+
+    /// How long a start takes to rebuild the dedup index from the log
+    /// (BENCHMARKS.md). Keys shaped like Twilio message SIDs.
+    #[test]
+    #[ignore = "a measurement: KEYS=5000000 cargo test --release --lib sqlite::tests::dedup_rebuild -- --ignored --nocapture"]
+    fn dedup_rebuild() {
+        let n: u64 = std::env::var("KEYS").map_or(5_000_000, |s| s.parse().unwrap());
+        let (_dir, mut conn) = fresh_db();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO dedup_keys (source, key, seen_at) VALUES ('sms', ?1, ?2)")
+                .unwrap();
+            for i in 0..n {
+                let sid = format!(
+                    "SM{:032x}",
+                    u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C)
+                );
+                insert.execute(rusqlite::params![sid, i as i64]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let t = std::time::Instant::now();
+        let index = load_dedup(&conn).unwrap();
+        let took = t.elapsed();
+        drop(index);
+        eprintln!(
+            "{n} keys: index rebuilt in {took:?}, {:.0} keys/s",
+            n as f64 / took.as_secs_f64()
+        );
     }
 }
