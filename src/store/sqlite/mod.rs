@@ -189,15 +189,15 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
 
 /// The dedup keys SQLite holds, for the in-memory index.
 fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
-    let mut index = DedupIndex::default();
+    let mut index = DedupIndex::builder();
     let mut stmt = conn
         .prepare("SELECT source, key, seen_at FROM dedup_keys")
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(r) = rows.next().map_err(map_err)? {
-        index.load(text(r, 0)?, text(r, 1)?, r.get(2).map_err(map_err)?);
+        index.add(text(r, 0)?, text(r, 1)?, r.get(2).map_err(map_err)?);
     }
-    Ok(index)
+    Ok(index.finish())
 }
 
 /// How often the WAL is copied back into the database file.
