@@ -87,11 +87,13 @@ mod tests {
     #[test]
     fn the_recorder_comes_with_its_upkeep_thread() {
         let handle = metrics_handle();
-        assert!(
-            thread_names().iter().any(|n| n == UPKEEP_THREAD),
-            "{:?}",
-            thread_names()
-        );
+        // A new thread names itself once it runs, so right after the spawn
+        // it may still carry its parent's name: wait for it (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !thread_names().iter().any(|n| n == UPKEEP_THREAD) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", thread_names());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // Samples recorded and never scraped are still rendered once.
         metrics::histogram!("inlet_test_upkeep_seconds").record(0.001);
         handle.run_upkeep();
