@@ -752,7 +752,9 @@ mod tests {
         ingest(&store, "g1").await;
         ingest(&store, "g2").await;
         let lanes = classify_lane();
-        let lease = Duration::from_millis(300);
+        // Long enough that a stalled test machine does not let it run out
+        // between the claims below.
+        let lease = Duration::from_millis(1500);
         let first = store.claim(&lanes, 1, lease).await.unwrap();
         let second = store.claim(&lanes, 10, lease).await.unwrap();
         assert_eq!((first.len(), second.len()), (1, 1));
