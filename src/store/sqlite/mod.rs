@@ -740,6 +740,70 @@ mod tests {
         }]
     }
 
+    /// Makes `fsync(2)` fail with EIO on the calling thread (a seccomp
+    /// filter; `fdatasync` and everything else still run).
+    fn refuse_fsync_on_this_thread() {
+        use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+        // seccomp_data.nr is its first field.
+        let filter = unsafe {
+            [
+                libc::BPF_STMT((BPF_LD | BPF_W | BPF_ABS) as u16, 0),
+                libc::BPF_JUMP(
+                    (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+                    libc::SYS_fsync as u32,
+                    0,
+                    1,
+                ),
+                libc::BPF_STMT(
+                    (BPF_RET | BPF_K) as u16,
+                    libc::SECCOMP_RET_ERRNO | libc::EIO as u32,
+                ),
+                libc::BPF_STMT((BPF_RET | BPF_K) as u16, libc::SECCOMP_RET_ALLOW),
+            ]
+        };
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut _,
+        };
+        // SAFETY: plain prctl calls; the program outlives the call (the
+        // kernel copies it).
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_syncs_with_fdatasync_never_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inlet.db");
+        // A thread of its own: the filter stays with the thread.
+        std::thread::spawn(move || {
+            refuse_fsync_on_this_thread();
+            let probe = std::fs::File::create(dir.path().join("probe")).unwrap();
+            assert!(probe.sync_all().is_err(), "fsync is refused here");
+            probe.sync_data().expect("fdatasync is not");
+            // A commit at synchronous=FULL syncs the WAL; a checkpoint
+            // syncs it and then the database; a TRUNCATE restarts the WAL.
+            let conn = open_conn(&path, Duration::from_secs(1)).unwrap();
+            conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+                .unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                assert_eq!(r.get::<_, i64>(0)?, 0, "the checkpoint was not blocked");
+                Ok(())
+            })
+            .unwrap();
+            conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        })
+        .join()
+        .expect("SQLite called fsync (built without HAVE_FDATASYNC?)");
+    }
+
     fn done(job: &crate::store::ClaimedJob) -> JobCompletion {
         JobCompletion::done(job, now_millis())
     }
