@@ -3,7 +3,8 @@
 # under a per-call trace of fsync/fdatasync; prints p99 and the journal's
 # slow syncs. NAMES are /tmp/inlet-$name binaries (copy them there);
 # "gc" is the group-commit ceiling. Needs perf. Loopback only.
-B=/work/main/target/release/inlet; GC=/work/main/target/release/examples/group_commit_server
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+B=$ROOT/target/release/inlet; GC=$ROOT/target/release/examples/group_commit_server
 RATE=${RATE:-5000}
 for t in $(seq ${TRIALS:-3}); do
  for n in ${NAMES:-fdatasync t2 gc}; do
