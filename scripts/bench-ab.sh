@@ -21,12 +21,7 @@ for nb in $BINS; do
 done
 "$GC" --listen 127.0.0.1:18099 --file "$W/gc.log" > /dev/null 2>&1 & PIDS+=($!); PORT[group-commit]=18099
 sleep 1
-settle() { # bounded wait until an inlet's queue is empty
-  for _ in $(seq 240); do
-    p=$(curl -s "127.0.0.1:$1/health" | python3 -c 'import sys,json; q=json.load(sys.stdin)["queue"]; print(q["pending"]+q["in_flight"])')
-    [ "$p" = 0 ] && return; sleep 0.5
-  done
-}
+. "$ROOT/scripts/settle.sh"
 for r in $(seq "$ROUNDS"); do
   for l in $LOADS; do
     if [ "$l" = max ]; then load=(--max); else load=(--rate "$l"); fi
