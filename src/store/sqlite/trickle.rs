@@ -19,9 +19,9 @@ use std::time::Duration;
 
 /// How often writeback is started. Each journal `fdatasync` flushes
 /// whatever reached the device before it, so the smaller the pieces, the
-/// fewer slow journal syncs: at 5,000/s, 1 ms against 10 ms cut the ACKs'
-/// p99 in six trials of six (BENCHMARKS.md). The cost: an idle gateway
-/// takes 1.8 % of a core (0.3 % at 10 ms).
+/// fewer slow journal syncs: at 5,000/s, 1 ms against 10 ms made the ACKs'
+/// p99 0.41–0.87x in three alternating trials (BENCHMARKS.md). The cost:
+/// an idle gateway takes 1.8 % of a core (0.3 % at 10 ms).
 pub const EVERY: Duration = Duration::from_millis(1);
 
 /// The files to write back: the database and its WAL (which SQLite creates
