@@ -303,13 +303,15 @@ impl SqliteStore {
         let reader = open_conn(path, busy_timeout).map_err(map_err)?;
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
         let alive = Arc::new(());
+        let activity = Arc::new(trickle::Activity::default());
         // At normal priority: it must keep up precisely when the CPU is
         // busiest, and its work is writeback SQLite's syncs would do anyway.
         std::thread::Builder::new()
             .name("inlet-sqlite-trickle".into())
             .spawn({
                 let (t, alive) = (trickle::Trickle::new(path), Arc::downgrade(&alive));
-                move || t.run(alive)
+                let activity = activity.clone();
+                move || t.run(alive, &activity, trickle::IDLE)
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the writeback thread: {e}")))?;
         std::thread::Builder::new()
@@ -338,6 +340,7 @@ impl SqliteStore {
             work.clone(),
             syncer,
             leases.clone(),
+            activity,
             recent,
         );
         std::thread::Builder::new()
@@ -1225,7 +1228,15 @@ mod tests {
         let syncer = Syncer::spawn(&path, tx.downgrade(), Arc::new(AtomicU64::new(0))).unwrap();
         let gauges = Arc::new(crate::store::QueueGauges::default());
         let leases = Arc::new(Leases::default());
-        let mut w = Writer::new(conn, gauges, Arc::new(Notify::new()), syncer, leases, None);
+        let mut w = Writer::new(
+            conn,
+            gauges,
+            Arc::new(Notify::new()),
+            syncer,
+            leases,
+            Arc::default(),
+            None,
+        );
         let reject = |code: &str| {
             let (reply, rx) = oneshot::channel();
             let r = Rejection {

@@ -10,11 +10,18 @@
 //! only dirty pages), so SQLite's data goes to the disk in pieces of what
 //! was written in the last interval, and SQLite's own syncs find little
 //! left to write. Durability is unchanged: it still rests on those syncs.
+//!
+//! Waking every millisecond cost an idle gateway 1.8 % of a core, so the
+//! thread sleeps once a pass finds that nothing was committed since the one
+//! before (everything written up to then has been asked already), and the
+//! writer's next commit wakes it ([`Activity`]).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{OnceLock, Weak};
+use std::thread::Thread;
 use std::time::Duration;
 
 /// How often writeback is started. Each journal `fdatasync` flushes
@@ -23,6 +30,36 @@ use std::time::Duration;
 /// p99 0.41–0.87x in three alternating trials (BENCHMARKS.md). The cost:
 /// an idle gateway takes 1.8 % of a core (0.3 % at 10 ms).
 pub const EVERY: Duration = Duration::from_millis(1);
+
+/// The longest an idle thread sleeps unwoken: it bounds how long writes
+/// nobody counted (the schema at start-up) stay dirty, and how long the
+/// thread outlives its store.
+pub const IDLE: Duration = Duration::from_secs(1);
+
+/// What the writer tells the writeback thread: it committed. One atomic
+/// add a commit; an unpark only for the first commit after a sleep.
+#[derive(Default)]
+pub struct Activity {
+    commits: AtomicU64,
+    /// Passes made, for tests to see the thread work.
+    passes: AtomicU64,
+    asleep: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl Activity {
+    /// Called after each commit that wrote something.
+    pub fn committed(&self) {
+        // SeqCst on both sides (here and in `Trickle::rest`): either the
+        // thread sees this commit before it parks, or this sees it asleep.
+        self.commits.fetch_add(1, SeqCst);
+        if self.asleep.load(SeqCst) && self.asleep.swap(false, SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
 
 /// The files to write back: the database and its WAL (which SQLite creates
 /// and may recreate, so it is opened when it is there).
@@ -65,18 +102,42 @@ impl Trickle {
         asked
     }
 
-    /// Runs until `alive` is gone.
-    pub fn run(mut self, alive: Weak<()>) {
+    /// Runs until `alive` is gone: a pass every [`EVERY`] while the writer
+    /// commits, asleep (up to `idle` at a time) while it does not. Returns
+    /// how many passes it made.
+    pub fn run(mut self, alive: Weak<()>, activity: &Activity, idle: Duration) -> u64 {
+        let _ = activity.thread.set(std::thread::current());
+        let (mut passes, mut last) = (0, activity.commits.load(SeqCst));
         while alive.upgrade().is_some() {
             std::thread::sleep(EVERY);
+            // Read before the pass: whatever those commits wrote was in the
+            // page cache when it started.
+            let seen = activity.commits.load(SeqCst);
             self.pass();
+            passes += 1;
+            activity.passes.store(passes, SeqCst);
+            if seen == last {
+                rest(activity, seen, idle);
+            }
+            last = seen;
         }
+        passes
     }
+}
+
+/// Sleeps until the writer commits past `seen` (or `idle` passes).
+fn rest(activity: &Activity, seen: u64, idle: Duration) {
+    activity.asleep.store(true, SeqCst);
+    if activity.commits.load(SeqCst) == seen {
+        std::thread::park_timeout(idle);
+    }
+    activity.asleep.store(false, SeqCst);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// (dirty, under writeback) pages of `file`, by `cachestat(2)` (Linux
     /// 6.5+); `None` where the kernel has no such call.
@@ -126,6 +187,62 @@ mod tests {
             left = dirty_pages(&f).unwrap();
         }
         assert_eq!(left, (0, 0), "(dirty, writeback) pages after a pass");
+    }
+
+    /// Starts `run` on a thread that sleeps up to `idle` unwoken.
+    fn start(dir: &Path, idle: Duration) -> (Arc<()>, Arc<Activity>, std::thread::JoinHandle<u64>) {
+        let (alive, activity) = (Arc::new(()), Arc::new(Activity::default()));
+        let t = Trickle::new(&dir.join("inlet.db"));
+        let (weak, a) = (Arc::downgrade(&alive), activity.clone());
+        let h = std::thread::spawn(move || t.run(weak, &a, idle));
+        (alive, activity, h)
+    }
+
+    /// Bounded wait (10 s) for `activity`'s thread to be asleep.
+    fn wait_asleep(activity: &Activity) {
+        for _ in 0..1000 {
+            if activity.asleep.load(SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the writeback thread never went to sleep");
+    }
+
+    #[test]
+    fn an_idle_thread_sleeps_instead_of_passing_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alive, activity, h) = start(dir.path(), Duration::from_millis(100));
+        wait_asleep(&activity);
+        // 200 intervals' worth of idleness: an every-interval loop makes a
+        // pass in each (or as many as a busy machine lets it); this one
+        // only one each time its 100 ms sleep runs out.
+        std::thread::sleep(EVERY * 200);
+        drop(alive);
+        let passes = h.join().unwrap();
+        assert!(passes <= 10, "{passes} passes while nothing was committed");
+    }
+
+    #[test]
+    fn a_commit_wakes_the_sleeping_thread_for_more_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Unwoken, it would sleep for an hour.
+        let (alive, activity, h) = start(dir.path(), Duration::from_secs(3600));
+        wait_asleep(&activity);
+        let before = activity.passes.load(SeqCst);
+        // Woken, it passes until a pass finds no new commit, then sleeps
+        // again.
+        activity.committed();
+        let woke = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            activity.passes.load(SeqCst) > before
+        });
+        assert!(woke, "a commit did not wake the sleeping thread in 10 s");
+        wait_asleep(&activity);
+        drop(alive);
+        activity.committed();
+        let passes = h.join().unwrap();
+        assert!(passes >= 3, "{passes} passes: the commits did not wake it");
     }
 
     #[test]

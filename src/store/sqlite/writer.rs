@@ -24,6 +24,7 @@ use super::leases::{Leases, Undo};
 use super::recent::{Last, RecentContacts};
 use super::record::{Entry, EventRow};
 use super::syncer::Syncer;
+use super::trickle::Activity;
 use crate::domain::{ConversationId, EventId, Intent};
 
 /// A leased job as read inside the transaction; its message is parsed
@@ -190,6 +191,8 @@ pub struct Writer {
     /// Answers committed batches once they are on disk.
     syncer: Syncer,
     leases: Arc<Leases>,
+    /// Wakes the writeback thread (`trickle.rs`) after commits that wrote.
+    activity: Arc<Activity>,
     /// Lease changes of the round being run, taken back if it fails.
     round_undo: Vec<Undo>,
     /// A commit answered without an fsync may not be on disk yet.
@@ -262,6 +265,7 @@ impl Writer {
         work: Arc<Notify>,
         syncer: Syncer,
         leases: Arc<Leases>,
+        activity: Arc<Activity>,
         recent: Option<RecentContacts>,
     ) -> Self {
         Self {
@@ -270,6 +274,7 @@ impl Writer {
             work,
             syncer,
             leases,
+            activity,
             round_undo: Vec::new(),
             unsynced: false,
             recent,
@@ -502,6 +507,9 @@ impl Writer {
             .record(o.started.elapsed().as_secs_f64());
         self.metrics.batch_ops.record(o.done.len() as f64);
         let wrote = self.conn.total_changes() != o.changes_at_begin;
+        if wrote {
+            self.activity.committed();
+        }
         if !o.durable {
             // Answered at the commit (see `Op::needs_fsync`).
             self.unsynced |= wrote;
