@@ -53,10 +53,11 @@ impl Activity {
         // SeqCst on both sides (here and in `Trickle::rest`): either the
         // thread sees this commit before it parks, or this sees it asleep.
         self.commits.fetch_add(1, SeqCst);
-        if self.asleep.load(SeqCst) && self.asleep.swap(false, SeqCst) {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
+        if self.asleep.load(SeqCst)
+            && self.asleep.swap(false, SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
         }
     }
 }
