@@ -11,7 +11,7 @@
 //! was written in the last interval, and SQLite's own syncs find little
 //! left to write. Durability is unchanged: it still rests on those syncs.
 //!
-//! Waking every millisecond cost an idle gateway 1.8 % of a core, so the
+//! Waking every millisecond cost an idle gateway 2 % of a core, so the
 //! thread sleeps once a pass finds that nothing was committed since the one
 //! before (everything written up to then has been asked already), and the
 //! writer's next commit wakes it ([`Activity`]).
@@ -27,8 +27,8 @@ use std::time::Duration;
 /// How often writeback is started. Each journal `fdatasync` flushes
 /// whatever reached the device before it, so the smaller the pieces, the
 /// fewer slow journal syncs: at 5,000/s, 1 ms against 10 ms made the ACKs'
-/// p99 0.41–0.87x in three alternating trials (BENCHMARKS.md). The cost:
-/// an idle gateway takes 1.8 % of a core (0.3 % at 10 ms).
+/// p99 0.41–0.87x in three alternating trials (BENCHMARKS.md). Only while
+/// the writer commits: idle, the thread sleeps (see [`Activity`]).
 pub const EVERY: Duration = Duration::from_millis(1);
 
 /// The longest an idle thread sleeps unwoken: it bounds how long writes
