@@ -1228,13 +1228,14 @@ mod tests {
         let syncer = Syncer::spawn(&path, tx.downgrade(), Arc::new(AtomicU64::new(0))).unwrap();
         let gauges = Arc::new(crate::store::QueueGauges::default());
         let leases = Arc::new(Leases::default());
+        let activity = Arc::new(trickle::Activity::default());
         let mut w = Writer::new(
             conn,
             gauges,
             Arc::new(Notify::new()),
             syncer,
             leases,
-            Arc::default(),
+            activity.clone(),
             None,
         );
         let reject = |code: &str| {
@@ -1266,7 +1267,9 @@ mod tests {
             0,
             "the ops before and after the failure are in one transaction"
         );
+        assert_eq!(activity.commits(), 0, "nothing committed yet");
         w.commit(open);
+        assert_eq!(activity.commits(), 1, "the writeback thread hears of it");
         assert!(apply_rx.blocking_recv().unwrap().is_err());
         assert!(first_rx.blocking_recv().unwrap().is_ok());
         assert!(second_rx.blocking_recv().unwrap().is_ok());

@@ -48,6 +48,12 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// Commits counted so far.
+    #[cfg(test)]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(SeqCst)
+    }
+
     /// Called after each commit that wrote something.
     pub fn committed(&self) {
         // SeqCst on both sides (here and in `Trickle::rest`): either the
