@@ -204,10 +204,12 @@ fn load_dedup(conn: &Connection) -> Result<DedupIndex, StoreError> {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Copies committed WAL frames into the database in the background
-/// (PASSIVE: never blocks the writer or readers). Ends with the store.
-fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+/// (PASSIVE: never blocks the writer or readers), the writeback thread
+/// passing meanwhile. Ends with the store.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>, activity: &trickle::Activity) {
     while alive.upgrade().is_some() {
         std::thread::sleep(CHECKPOINT_EVERY);
+        let _passing = activity.checkpoint();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "WAL checkpoint skipped.");
         }
@@ -317,10 +319,10 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("inlet-sqlite-checkpoint".into())
             .spawn({
-                let alive = Arc::downgrade(&alive);
+                let (alive, activity) = (Arc::downgrade(&alive), activity.clone());
                 move || {
                     crate::priority::lower_this_thread();
-                    checkpoint_loop(checkpointer, alive)
+                    checkpoint_loop(checkpointer, alive, &activity)
                 }
             })
             .map_err(|e| {

@@ -41,6 +41,9 @@ pub const IDLE: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Activity {
     commits: AtomicU64,
+    /// Checkpoints running: they write the database file for as long as
+    /// they take, with no commit to say so.
+    checkpoints: AtomicU64,
     /// Passes made, for tests to see the thread work.
     passes: AtomicU64,
     asleep: AtomicBool,
@@ -54,9 +57,16 @@ impl Activity {
         self.commits.load(SeqCst)
     }
 
+    /// Keeps the thread passing until the guard drops (a checkpoint).
+    pub fn checkpoint(&self) -> Checkpoint<'_> {
+        self.checkpoints.fetch_add(1, SeqCst);
+        self.committed(); // wakes it
+        Checkpoint(self)
+    }
+
     /// Called after each commit that wrote something.
     pub fn committed(&self) {
-        // SeqCst on both sides (here and in `Trickle::rest`): either the
+        // SeqCst on both sides (here and in `rest`): either the
         // thread sees this commit before it parks, or this sees it asleep.
         self.commits.fetch_add(1, SeqCst);
         if self.asleep.load(SeqCst)
@@ -65,6 +75,17 @@ impl Activity {
         {
             t.unpark();
         }
+    }
+}
+
+/// A running checkpoint (see [`Activity::checkpoint`]).
+pub struct Checkpoint<'a>(&'a Activity);
+
+impl Drop for Checkpoint<'_> {
+    fn drop(&mut self) {
+        self.0.checkpoints.fetch_sub(1, SeqCst);
+        // Counted as a commit, so one more pass takes its last writes.
+        self.0.committed();
     }
 }
 
@@ -110,25 +131,22 @@ impl Trickle {
     }
 
     /// Runs until `alive` is gone: a pass every [`EVERY`] while the writer
-    /// commits, asleep (up to `idle` at a time) while it does not. Returns
-    /// how many passes it made.
-    pub fn run(mut self, alive: Weak<()>, activity: &Activity, idle: Duration) -> u64 {
+    /// commits, asleep (up to `idle` at a time) while it does not.
+    pub fn run(mut self, alive: Weak<()>, activity: &Activity, idle: Duration) {
         let _ = activity.thread.set(std::thread::current());
-        let (mut passes, mut last) = (0, activity.commits.load(SeqCst));
+        let mut last = activity.commits.load(SeqCst);
         while alive.upgrade().is_some() {
             std::thread::sleep(EVERY);
             // Read before the pass: whatever those commits wrote was in the
             // page cache when it started.
             let seen = activity.commits.load(SeqCst);
             self.pass();
-            passes += 1;
-            activity.passes.store(passes, SeqCst);
-            if seen == last {
+            activity.passes.fetch_add(1, SeqCst);
+            if seen == last && activity.checkpoints.load(SeqCst) == 0 {
                 rest(activity, seen, idle);
             }
             last = seen;
         }
-        passes
     }
 }
 
@@ -197,7 +215,7 @@ mod tests {
     }
 
     /// Starts `run` on a thread that sleeps up to `idle` unwoken.
-    fn start(dir: &Path, idle: Duration) -> (Arc<()>, Arc<Activity>, std::thread::JoinHandle<u64>) {
+    fn start(dir: &Path, idle: Duration) -> (Arc<()>, Arc<Activity>, std::thread::JoinHandle<()>) {
         let (alive, activity) = (Arc::new(()), Arc::new(Activity::default()));
         let t = Trickle::new(&dir.join("inlet.db"));
         let (weak, a) = (Arc::downgrade(&alive), activity.clone());
@@ -226,7 +244,8 @@ mod tests {
         // only one each time its 100 ms sleep runs out.
         std::thread::sleep(EVERY * 200);
         drop(alive);
-        let passes = h.join().unwrap();
+        h.join().unwrap();
+        let passes = activity.passes.load(SeqCst);
         assert!(passes <= 10, "{passes} passes while nothing was committed");
     }
 
@@ -248,8 +267,30 @@ mod tests {
         wait_asleep(&activity);
         drop(alive);
         activity.committed();
-        let passes = h.join().unwrap();
+        h.join().unwrap();
+        let passes = activity.passes.load(SeqCst);
         assert!(passes >= 3, "{passes} passes: the commits did not wake it");
+    }
+
+    #[test]
+    fn a_running_checkpoint_keeps_the_thread_passing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alive, activity, h) = start(dir.path(), Duration::from_secs(3600));
+        wait_asleep(&activity);
+        let checkpoint = activity.checkpoint();
+        // No commits meanwhile: without the checkpoint's hold the thread
+        // would make two passes and sleep for the hour.
+        let before = activity.passes.load(SeqCst);
+        let kept = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            activity.passes.load(SeqCst) >= before + 20
+        });
+        assert!(kept, "the thread stopped passing during a checkpoint");
+        drop(checkpoint);
+        wait_asleep(&activity);
+        drop(alive);
+        activity.committed();
+        h.join().unwrap();
     }
 
     #[test]
