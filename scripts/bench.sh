@@ -110,6 +110,16 @@ settle() {
   log "inlet still has ${left} queued jobs after ${SETTLE_TIMEOUT}s; going on"
 }
 
+# The highest VmHWM read so far: the per-run resets would otherwise make
+# the final reading the peak since the last reset, not the script's.
+PEAK_HWM=0
+note_hwm() {
+  local kb
+  kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$INLET_PID/status")
+  ((kb > PEAK_HWM)) && PEAK_HWM=$kb
+  return 0
+}
+
 # One bench run; appends its JSON summary, tagged, to $RESULTS.
 bench() {
   local round=$1 load=$2 target=$3 mode_args rss_kb=null
@@ -121,7 +131,9 @@ bench() {
   settle
   local measure_rss=0
   if [[ $target == inlet && $load == "$RSS_RATE" ]]; then
-    # Reset VmHWM so it is the peak of this run alone (Linux clear_refs 5).
+    # Reset VmHWM so it is the peak of this run alone (Linux clear_refs 5),
+    # keeping the peak so far for the whole-script figure.
+    note_hwm
     if echo 5 >"/proc/$INLET_PID/clear_refs" 2>/dev/null; then measure_rss=1; else measure_rss=2; fi
   fi
   log "round $round  load $load  target $target"
@@ -150,7 +162,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 # inlet's own view (ACK and stage histograms), for reading where time goes.
 curl -s --max-time 5 http://127.0.0.1:${PORT[inlet]}/metrics >"$OUT_DIR/inlet-metrics-$STAMP.txt" || true
-LIFETIME_HWM=$(awk '/^VmHWM:/ {print $2}' "/proc/$INLET_PID/status")
+note_hwm
+LIFETIME_HWM=$PEAK_HWM
 STORE_BYTES=$(du -sb "$WORK/inlet/inlet-data" | cut -f1)
 
 python3 - "$RESULTS" "$LIFETIME_HWM" "$STORE_BYTES" "$RATES" >"$REPORT" <<'EOF'
