@@ -12,6 +12,7 @@ set -u
 name=$1; bin=$(realpath "$2"); port=$3
 RATE=${RATE:-5000}; SECONDS_RUN=${DURATION:-6}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/settle.sh"
 d=$(mktemp -d "${TMPDIR:-/tmp}/inlet-cpu.XXXXXX")
 (cd "$d" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$port exec "$bin" serve > log 2>&1) &
 pid=$!
@@ -26,10 +27,7 @@ snap() {
 snap > "$d/before"
 "$ROOT/target/release/inlet" bench --url "http://127.0.0.1:$port/hooks/sms" ${LOAD:---rate $RATE} \
   --duration "$SECONDS_RUN" --warmup 0 --connections 64 --quiet --json > "$d/r.json"
-for _ in $(seq 240); do
-  q=$(curl -s "127.0.0.1:$port/health" | python3 -c 'import sys,json; q=json.load(sys.stdin)["queue"]; print(q["pending"]+q["in_flight"])')
-  [ "$q" = 0 ] && break; sleep 0.5
-done
+settle "$port"
 snap > "$d/after"
 n=$(python3 -c 'import json; print(json.load(open("'"$d/r.json"'"))["ok"])' 2>/dev/null || echo $((RATE*SECONDS_RUN)))
 hz=$(getconf CLK_TCK)

@@ -95,19 +95,16 @@ wait_up() { # bounded: 30 s
 for t in "${TARGETS[@]}"; do wait_up "$t"; done
 log "all three targets are up; inlet pid $INLET_PID, work dir $WORK"
 
+. "$ROOT/scripts/settle.sh"
 # Wait (bounded) until inlet has no pending or running jobs.
-settle() {
-  local t0=$SECONDS left
-  while ((SECONDS - t0 < SETTLE_TIMEOUT)); do
-    left=$(curl -s --max-time 2 http://127.0.0.1:${PORT[inlet]}/health |
-      jq -r '(.queue.pending // 0) + (.queue.in_flight // 0)' 2>/dev/null || echo "?")
-    if [[ $left == 0 ]]; then
-      ((SECONDS - t0 > 1)) && log "waited $((SECONDS - t0))s for inlet's job queue to drain"
-      return 0
-    fi
-    sleep 1
-  done
-  log "inlet still has ${left} queued jobs after ${SETTLE_TIMEOUT}s; going on"
+settle_inlet() {
+  local t0=$SECONDS
+  if settle "${PORT[inlet]}" "$SETTLE_TIMEOUT"; then
+    ((SECONDS - t0 > 1)) && log "waited $((SECONDS - t0))s for inlet's job queue to drain"
+  else
+    log "inlet's job queue was not empty after ${SETTLE_TIMEOUT}s; going on"
+  fi
+  return 0
 }
 
 # The highest VmHWM read so far: the per-run resets would otherwise make
@@ -128,7 +125,7 @@ bench() {
   else
     mode_args=(--rate "$load" --connections "$RATE_CONNECTIONS")
   fi
-  settle
+  settle_inlet
   local measure_rss=0
   if [[ $target == inlet && $load == "$RSS_RATE" ]]; then
     # Reset VmHWM so it is the peak of this run alone (Linux clear_refs 5),
