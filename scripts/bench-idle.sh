@@ -7,17 +7,17 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BINS=${BINS:-"inlet=$ROOT/target/release/inlet"}; PORT=${PORT:-18400}
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 for r in $(seq "${ROUNDS:-2}"); do
   for nb in $BINS; do
-    n=${nb%%=*}; bin=${nb#*=}; d=$(mktemp -d)
+    n=${nb%%=*}; bin=$(realpath "${nb#*=}"); d=$(mktemp -d)
     (cd "$d" && RUST_LOG=warn INLET_SERVER__LISTEN=127.0.0.1:$PORT exec "$bin" serve > log 2>&1) & pid=$!
     sleep 3
     curl -s -o /dev/null -XPOST -H 'content-type: application/json' \
       -d '{"message":"hi","phoneNumber":"+15550001","receivedAt":"2026-12-07T10:00:00Z","guid":"idle-1"}' \
       "http://127.0.0.1:$PORT/hooks/sms"
     sleep 3
-    ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
-    a=$(ticks); sleep 10; b=$(ticks)
+    a=$(ticks "$pid"); sleep 10; b=$(ticks "$pid")
     echo "round $r $n: $((b - a)) ticks in 10 s"
     kill "$pid"; wait "$pid" 2>/dev/null; rm -rf "$d"
   done

@@ -160,10 +160,9 @@ done
 # inlet's own view (ACK and stage histograms), for reading where time goes.
 curl -s --max-time 5 http://127.0.0.1:${PORT[inlet]}/metrics >"$OUT_DIR/inlet-metrics-$STAMP.txt" || true
 note_hwm
-LIFETIME_HWM=$PEAK_HWM
 STORE_BYTES=$(du -sb "$WORK/inlet/inlet-data" | cut -f1)
 
-python3 - "$RESULTS" "$LIFETIME_HWM" "$STORE_BYTES" "$RATES" >"$REPORT" <<'EOF'
+python3 - "$RESULTS" "$PEAK_HWM" "$STORE_BYTES" "$RATES" >"$REPORT" <<'EOF'
 import json, statistics, sys
 path, lifetime_hwm, store_bytes, rates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
 runs = [json.loads(l) for l in open(path)]
