@@ -10,12 +10,14 @@
              digits, like Twilio SIDs or UUIDs)
       CONTACTS=random in the environment: random contact numbers instead
              of the benchmark's sequential ones
+      PER_TXN=400 messages a transaction (20 is what the writer's 200 ms
+             applies hold at 100/s, 200 at 1,000/s)
+      PAGE=4096 SQLite's page_size for the new file
 
 Builds Inlet's schema (src/store/sqlite/schema.sql) in a temp file with
-Python's sqlite3, applies TRANSACTIONS (default 200) transactions of 400
-messages shaped like the benchmark's (what the writer's 20 ms applies hold
-at 20,000/s), with checkpoints off, and prints the WAL bytes written per
-message over the second half (after one truncating checkpoint) and the
+Python's sqlite3, applies TRANSACTIONS (default 200) transactions of
+PER_TXN messages shaped like the benchmark's, with checkpoints off, and
+prints the WAL bytes written per message over the second half (after one truncating checkpoint) and the
 pages each b-tree has. Not the writer's own code (no journal, no inline
 classification); a model of its page writes, repeatable on any machine.
 """
@@ -34,6 +36,7 @@ schema = open(os.path.join(root, "src/store/sqlite/schema.sql")).read()
 d = tempfile.mkdtemp(prefix="inlet-wal-model.")
 path = os.path.join(d, "inlet.db")
 c = sqlite3.connect(path, isolation_level=None)
+c.execute("PRAGMA page_size=%d" % int(os.environ.get("PAGE", 4096)))
 c.execute("PRAGMA journal_mode=WAL")
 c.execute("PRAGMA wal_autocheckpoint=0")
 c.executescript(schema)
@@ -58,7 +61,7 @@ for t in range(txns):
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         base, measured = os.path.getsize(path + "-wal"), 0
     c.execute("BEGIN IMMEDIATE")
-    for _ in range(400):
+    for _ in range(int(os.environ.get("PER_TXN", 400))):
         now = 1_796_304_733_600 + n
         mid = "msg_%012x%020x" % (now, rng.getrandbits(80))
         key = "bench-%s-%d" % (run, n) if keys == "bench" else "%032x" % rng.getrandbits(128)
