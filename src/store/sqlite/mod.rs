@@ -15,6 +15,7 @@ mod dedup;
 mod ingest;
 mod journal;
 mod leases;
+mod pacing;
 mod queries;
 mod recent;
 mod record;
@@ -60,6 +61,8 @@ pub struct SqliteStore {
     leases: Arc<Leases>,
     /// `fdatasync` calls on the WAL so far.
     fsyncs: Arc<AtomicU64>,
+    /// Pauses the writer and checkpointer took (see [`pacing`]).
+    write_pauses: Arc<AtomicU64>,
     max_rejections: u64,
     path: PathBuf,
     /// The checkpoint thread runs while this lives.
@@ -76,6 +79,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn open_conn(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+    if !pacing::install() {
+        tracing::warn!("SQLite's VFS has no replaceable pwrite: its writes are not paced.");
+    }
     let conn = Connection::open(path)?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -306,6 +312,7 @@ impl SqliteStore {
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
         let alive = Arc::new(());
         let activity = Arc::new(trickle::Activity::default());
+        let write_pauses = Arc::new(AtomicU64::new(0));
         // At normal priority: it must keep up precisely when the CPU is
         // busiest, and its work is writeback SQLite's syncs would do anyway.
         std::thread::Builder::new()
@@ -320,8 +327,10 @@ impl SqliteStore {
             .name("inlet-sqlite-checkpoint".into())
             .spawn({
                 let (alive, activity) = (Arc::downgrade(&alive), activity.clone());
+                let pauses = write_pauses.clone();
                 move || {
                     crate::priority::lower_this_thread();
+                    pacing::pace_this_thread(pauses);
                     checkpoint_loop(checkpointer, alive, &activity)
                 }
             })
@@ -347,9 +356,13 @@ impl SqliteStore {
         );
         std::thread::Builder::new()
             .name("inlet-sqlite-writer".into())
-            .spawn(move || {
-                crate::priority::lower_this_thread();
-                w.run(rx)
+            .spawn({
+                let pauses = write_pauses.clone();
+                move || {
+                    crate::priority::lower_this_thread();
+                    pacing::pace_this_thread(pauses);
+                    w.run(rx)
+                }
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
 
@@ -391,6 +404,7 @@ impl SqliteStore {
             work,
             leases,
             fsyncs,
+            write_pauses,
             max_rejections,
             path: path.to_path_buf(),
             _alive: alive,
@@ -419,6 +433,12 @@ impl SqliteStore {
     /// How many times the WAL was fsynced since the store opened.
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// How many times the writer and checkpointer paused their writes
+    /// since the store opened (see [`pacing`]).
+    pub fn write_pauses(&self) -> u64 {
+        self.write_pauses.load(Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -890,6 +910,26 @@ mod tests {
         let id = again[0].message_id.clone();
         let status = store.get_message(&id).await.unwrap()["status"].clone();
         assert_eq!(status, "done");
+    }
+
+    #[tokio::test]
+    async fn the_writer_paces_a_large_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
+        let now = now_millis();
+        // Two batches of 1,000 messages: several chunks of WAL to apply.
+        for b in 0..2 {
+            let messages = (0..1000).map(|i| message(&format!("g{b}-{i}"))).collect();
+            let batch = IngestBatch::new("sms".into(), messages, Vec::new(), now - 3_600_000, now);
+            assert_eq!(store.ingest(batch).await.unwrap().accepted, 1000);
+        }
+        store.caught_up().await;
+        assert!(
+            store.write_pauses() >= 2,
+            "2,000 messages applied with {} pauses",
+            store.write_pauses()
+        );
     }
 
     #[tokio::test]
