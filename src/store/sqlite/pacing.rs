@@ -173,7 +173,10 @@ mod tests {
             let vfs = &mut *ffi::sqlite3_vfs_find(std::ptr::null());
             (vfs.xGetSystemCall.unwrap())(vfs, c"pwrite".as_ptr())
         };
-        assert_eq!(current.map(|f| f as usize), Some(paced_pwrite as usize));
+        assert_eq!(
+            current.map(|f| f as usize),
+            Some(paced_pwrite as *const () as usize)
+        );
         // And an unpaced thread's writes land intact (checked inside).
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(write_through_sqlite(dir.path(), 256 << 10, false), 0);
