@@ -913,12 +913,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_writer_paces_a_large_apply() {
+    async fn the_store_paces_a_large_apply() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
         let now = now_millis();
-        // Two batches of 1,000 messages: several chunks of WAL to apply.
+        // Two batches of 1,000 messages: several chunks of WAL to apply
+        // (the writer's pauses, and the checkpointer's if it ran by then).
         for b in 0..2 {
             let messages = (0..1000).map(|i| message(&format!("g{b}-{i}"))).collect();
             let batch = IngestBatch::new("sms".into(), messages, Vec::new(), now - 3_600_000, now);
