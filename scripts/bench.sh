@@ -183,14 +183,24 @@ def rng(t, l, f):
 def fmt(x, d=3):
     return "n/a" if x is None else f"{x:.{d}f}"
 
+# The hypervisor's share of the machine's CPU time during each run
+# (`inlet bench`'s cpu_steal_pct): median [range] over the rounds.
+def steal(t, l):
+    xs = [r["cpu_steal_pct"] for r in sel(t, l) if r.get("cpu_steal_pct") is not None]
+    return f"{statistics.median(xs):.1f} [{min(xs):g}–{max(xs):g}]" if xs else "n/a"
+
+def steal_of(r):
+    x = r.get("cpu_steal_pct")
+    return "?" if x is None else f"{x:g}"
+
 n_rounds = max((r["round"] for r in runs), default=0)
 print(f"Medians of {n_rounds} round(s); the range over rounds is in brackets.\n")
 for l in loads:
     title = "Max throughput (closed loop, latency from send)" if l == "max" \
         else f"Open loop at {l} req/s (latency from intended send time)"
     print(f"### {title}\n")
-    print("| target | 2xx/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | unfinished |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| target | 2xx/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | unfinished | CPU stolen % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in targets:
         if not sel(t, l):
             continue
@@ -199,7 +209,8 @@ for l in loads:
         print(f"| {t} | {med(t,l,lambda r:r['ok_rps']):.0f} [{rng(t,l,lambda r:r['ok_rps'])}] "
               f"| {fmt(med(t,l,L('p50')))} | {fmt(med(t,l,L('p90')))} "
               f"| {fmt(med(t,l,L('p99')))} [{rng(t,l,L('p99'))}] | {fmt(med(t,l,L('p999')))} "
-              f"| {fmt(med(t,l,L('max')))} | {s('non_2xx')} | {s('errors')} | {s('unfinished')} |")
+              f"| {fmt(med(t,l,L('max')))} | {s('non_2xx')} | {s('errors')} | {s('unfinished')} "
+              f"| {steal(t, l)} |")
     print()
 
 def ratio(a, b):
@@ -223,10 +234,14 @@ for l in rates:
     print(f"| p99 at {l}/s, ms | {fmt(pi)} | {fmt(pg)} (group-commit) | {fmt(pr,2)}x | <= 1.25x | {'yes' if pr is not None and pr <= 1.25 else 'NO'} |")
     # The same ratio round by round (each against the ceiling run next to
     # it): how much of the verdict is one round's noise.
-    byr = {r["round"]: r["latency_ms"]["p99"] for r in sel("group-commit", l)}
-    rr = [r["latency_ms"]["p99"] / byr[r["round"]] for r in sel("inlet", l) if byr.get(r["round"])]
+    # With each run's stolen CPU %, inlet's / the ceiling's.
+    byr = {r["round"]: r for r in sel("group-commit", l)}
+    pairs = [(r, byr[r["round"]]) for r in sel("inlet", l)
+             if r["round"] in byr and byr[r["round"]]["latency_ms"]["p99"]]
+    rr = [i["latency_ms"]["p99"] / g["latency_ms"]["p99"] for i, g in pairs]
     if rr:
-        print(f"| (for reference) p99 at {l}/s by round, inlet / same round's ceiling | {', '.join(f'{x:.2f}x' for x in rr)} | — | median {statistics.median(rr):.2f}x | — | — |")
+        shown = ', '.join(f'{x:.2f}x (stolen {steal_of(i)}/{steal_of(g)} %)' for x, (i, g) in zip(rr, pairs))
+        print(f"| (for reference) p99 at {l}/s by round, inlet / same round's ceiling | {shown} | — | median {statistics.median(rr):.2f}x | — | — |")
     ach = med("inlet", l, okr)
     print(f"| achieved at {l}/s, 2xx/s | {fmt(ach,0)} | {fmt(med('group-commit', l, okr),0)} (group-commit) | — | = {l} | {'yes' if ach is not None and ach >= 0.99*float(l) else 'NO'} |")
 rss = [r["inlet_vmhwm_kb"] for r in runs if r["target"] == "inlet" and r.get("inlet_vmhwm_kb") is not None]

@@ -15,13 +15,14 @@
 //! Layout: `target` parses and checks the URL (loopback only), `conn` is one
 //! keep-alive HTTP/1.1 connection, `openloop` and `maxload` drive the two
 //! modes through the request loop in `measure`, `report` turns histograms
-//! into the summary.
+//! into the summary, `steal` reads how much CPU the hypervisor took.
 
 mod conn;
 mod maxload;
 mod measure;
 mod openloop;
 mod report;
+mod steal;
 mod target;
 
 use std::process::ExitCode;
@@ -108,10 +109,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         );
     }
     let bodies = BodyFactory::new();
-    let summary = match args.rate {
+    let cpu_before = steal::CpuTimes::now();
+    let mut summary = match args.rate {
         Some(rate) if !args.max => openloop::run(&args, &target, rate, bodies).await?,
         _ => maxload::run(&args, &target, bodies).await?,
     };
+    summary.cpu_steal_pct = cpu_before
+        .zip(steal::CpuTimes::now())
+        .and_then(|(before, after)| after.steal_pct_since(&before));
     if args.json {
         println!("{}", summary.to_json_line());
         if !args.quiet {

@@ -110,6 +110,10 @@ pub struct Summary {
     /// Open loop: from each request's intended send time; max: from the
     /// actual send. Answered requests only (errors are counted, not timed).
     pub latency_ms: Latency,
+    /// Percent of the machine's CPU time the hypervisor took during the
+    /// whole run, warmup included (`/proc/stat`; `null` where unknown). A
+    /// run with much of it measured the host as much as the server.
+    pub cpu_steal_pct: Option<f64>,
 }
 
 impl Summary {
@@ -138,6 +142,7 @@ impl Summary {
             achieved_rps: round1(answered as f64 / secs),
             ok_rps: round1(tally.ok as f64 / secs),
             latency_ms: Latency::from_histogram(&tally.hist),
+            cpu_steal_pct: None,
         }
     }
 
@@ -178,6 +183,12 @@ impl Summary {
             "  latency ms ({from}): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean
         );
+        if let Some(pct) = self.cpu_steal_pct {
+            let _ = writeln!(
+                s,
+                "  CPU time stolen by the hypervisor during the run: {pct:.1} %"
+            );
+        }
         s
     }
 }
@@ -244,7 +255,8 @@ mod tests {
         let mut t = tally_of([250, 500, 1500]);
         t.non_2xx = 1;
         t.errors = 1;
-        let s = Summary::new("rate", &args(), Some(1000.0), &t, 2, Duration::from_secs(2));
+        let mut s = Summary::new("rate", &args(), Some(1000.0), &t, 2, Duration::from_secs(2));
+        s.cpu_steal_pct = Some(12.5);
         assert_eq!(s.requests, 5);
         assert_eq!(s.achieved_rps, 2.0);
         assert_eq!(s.ok_rps, 1.5);
@@ -257,6 +269,10 @@ mod tests {
             human.contains("2xx 3  non-2xx 1  errors 1  unfinished 2"),
             "{human}"
         );
+        assert!(
+            human.contains("stolen by the hypervisor during the run: 12.5 %"),
+            "{human}"
+        );
 
         let line = s.to_json_line();
         assert!(!line.contains('\n'));
@@ -266,5 +282,6 @@ mod tests {
         assert_eq!(v["ok"], 3);
         assert_eq!(v["latency_ms"]["p50"], 0.5);
         assert_eq!(v["latency_ms"]["max"], 1.5);
+        assert_eq!(v["cpu_steal_pct"], 12.5);
     }
 }
