@@ -8,7 +8,9 @@
 # made 3.8 million messages, 3.1 GB). Each line ends with the bytes the
 # target's process wrote in the run, its warmup included (/proc/PID/io
 # write_bytes), per message the run counted, and the share of the machine's
-# CPU time the hypervisor stole during the run (`inlet bench`'s cpu_steal_pct).
+# CPU time the hypervisor stole during the run (`inlet bench`'s cpu_steal_pct);
+# an inlet's line then says how long after the run its queue took to empty
+# (polled every 0.5 s: the backlog a run left behind).
 # All traffic is on 127.0.0.1; everything started here is stopped on exit.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,7 +55,12 @@ for r in $(seq "$ROUNDS"); do
       res=$("$BENCH" bench --url "http://127.0.0.1:${PORT[$t]}/hooks/sms" "${load[@]}" \
         --duration "$D" --warmup 1 --connections 64 --json --quiet)
       w=$(( $(written "$t") - w0 ))
-      echo "round $r load $l $t $(echo "$res" | python3 -c 'import sys,json; d=json.load(sys.stdin); l=d["latency_ms"]; print("2xx/s %.0f p50 %.3f p99 %.3f p99.9 %.3f non2xx %s errors %s written %.0f B/msg stolen %s %%" % (d["ok_rps"], l["p50"], l["p99"], l["p999"], d["non_2xx"], d["errors"], int(sys.argv[1]) / max(d["ok"], 1), d.get("cpu_steal_pct")))' "$w")"
+      drained=
+      if [ "$t" != group-commit ]; then
+        d0=$(date +%s%N); settle "${PORT[$t]}" 600
+        drained=" drained in $(awk -v n=$(($(date +%s%N) - d0)) 'BEGIN { printf "%.1f", n / 1e9 }') s"
+      fi
+      echo "round $r load $l $t $(echo "$res" | python3 -c 'import sys,json; d=json.load(sys.stdin); l=d["latency_ms"]; print("2xx/s %.0f p50 %.3f p99 %.3f p99.9 %.3f non2xx %s errors %s written %.0f B/msg stolen %s %%" % (d["ok_rps"], l["p50"], l["p99"], l["p999"], d["non_2xx"], d["errors"], int(sys.argv[1]) / max(d["ok"], 1), d.get("cpu_steal_pct")))' "$w")$drained"
     done
   done
 done

@@ -97,7 +97,7 @@ impl Prepared {
 /// Requests per group at most; bounds one group's write.
 const MAX_GROUP: usize = 1024;
 /// Journal bytes per SQLite transaction at most (about 1,500 messages).
-const MAX_APPLY_BYTES: usize = 1024 * 1024;
+pub const MAX_APPLY_BYTES: usize = 1024 * 1024;
 /// While the backlog is small, at most one apply per this interval. Each
 /// commit rewrites every page it touches (a dozen b-trees per message), so
 /// applying each synced group on its own had the process write 59 KB per
@@ -317,6 +317,9 @@ pub struct Applier {
     /// The segment being read when segments were last deleted (or first
     /// read): once reading moves on, the ones before are recycled or deleted.
     pub swept: Option<u64>,
+    /// The writer's and checkpointer's pauses: off while a whole apply's
+    /// worth is waiting (see [`super::pacing`]).
+    pub pacing: Arc<super::pacing::Pacing>,
 }
 
 impl Applier {
@@ -345,7 +348,11 @@ impl Applier {
             }
             let wait =
                 last_apply.map_or(Duration::ZERO, |t| APPLY_EVERY.saturating_sub(t.elapsed()));
-            if synced - applied < MAX_APPLY_BYTES as u64 && !wait.is_zero() {
+            // Behind by a whole apply: SQLite writes at full speed until an
+            // apply finds less waiting.
+            let behind = synced - applied >= MAX_APPLY_BYTES as u64;
+            self.pacing.set_on(!behind);
+            if !behind && !wait.is_zero() {
                 // Gather more records: the interval is slept out (a
                 // backlog passing MAX_APPLY_BYTES meanwhile waits for it).
                 std::thread::sleep(wait);

@@ -62,7 +62,7 @@ pub struct SqliteStore {
     /// `fdatasync` calls on the WAL so far.
     fsyncs: Arc<AtomicU64>,
     /// Pauses the writer and checkpointer took (see [`pacing`]).
-    write_pauses: Arc<AtomicU64>,
+    pacing: Arc<pacing::Pacing>,
     max_rejections: u64,
     path: PathBuf,
     /// The checkpoint thread runs while this lives.
@@ -312,7 +312,7 @@ impl SqliteStore {
         let checkpointer = open_conn(path, busy_timeout).map_err(map_err)?;
         let alive = Arc::new(());
         let activity = Arc::new(trickle::Activity::default());
-        let write_pauses = Arc::new(AtomicU64::new(0));
+        let pacing = Arc::new(pacing::Pacing::default());
         // At normal priority: it must keep up precisely when the CPU is
         // busiest, and its work is writeback SQLite's syncs would do anyway.
         std::thread::Builder::new()
@@ -327,10 +327,10 @@ impl SqliteStore {
             .name("inlet-sqlite-checkpoint".into())
             .spawn({
                 let (alive, activity) = (Arc::downgrade(&alive), activity.clone());
-                let pauses = write_pauses.clone();
+                let paced = pacing.clone();
                 move || {
                     crate::priority::lower_this_thread();
-                    pacing::pace_this_thread(pauses);
+                    pacing::pace_this_thread(paced);
                     checkpoint_loop(checkpointer, alive, &activity)
                 }
             })
@@ -357,10 +357,10 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("inlet-sqlite-writer".into())
             .spawn({
-                let pauses = write_pauses.clone();
+                let paced = pacing.clone();
                 move || {
                     crate::priority::lower_this_thread();
-                    pacing::pace_this_thread(pauses);
+                    pacing::pace_this_thread(paced);
                     w.run(rx)
                 }
             })
@@ -375,6 +375,7 @@ impl SqliteStore {
             wake: wake_rx,
             inline,
             swept: None,
+            pacing: pacing.clone(),
         };
         std::thread::Builder::new()
             .name("inlet-journal-apply".into())
@@ -404,7 +405,7 @@ impl SqliteStore {
             work,
             leases,
             fsyncs,
-            write_pauses,
+            pacing,
             max_rejections,
             path: path.to_path_buf(),
             _alive: alive,
@@ -438,7 +439,7 @@ impl SqliteStore {
     /// How many times the writer and checkpointer paused their writes
     /// since the store opened (see [`pacing`]).
     pub fn write_pauses(&self) -> u64 {
-        self.write_pauses.load(Ordering::Relaxed)
+        self.pacing.pauses()
     }
 
     async fn call<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -930,6 +931,35 @@ mod tests {
             store.write_pauses() >= 2,
             "2,000 messages applied with {} pauses",
             store.write_pauses()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_a_whole_apply_is_stored_at_full_speed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
+        let now = now_millis();
+        // One request whose record alone is a whole apply's worth: the
+        // applier finds SQLite that far behind and turns the pauses off.
+        let messages = (0..6000).map(|i| message(&format!("g{i}"))).collect();
+        let batch = IngestBatch::new("sms".into(), messages, Vec::new(), now - 3_600_000, now);
+        assert_eq!(store.ingest(batch).await.unwrap().accepted, 6000);
+        let journaled = store.progress.synced.load(Ordering::SeqCst);
+        assert!(
+            journaled >= ingest::MAX_APPLY_BYTES as u64,
+            "the record is {journaled} bytes"
+        );
+        store.caught_up().await;
+        let stored: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(stored, 6000);
+        assert_eq!(
+            store.write_pauses(),
+            0,
+            "a backlog of {journaled} journal bytes was stored with pauses"
         );
     }
 

@@ -16,6 +16,13 @@
 //! background threads and the ACK path never waits for them; a worker's
 //! claim or completion can wait out one pause behind a large apply.
 //!
+//! Pausing only spreads the writes out while SQLite keeps up with the
+//! journal. Once the applier finds a whole apply's worth waiting
+//! ([`Pacing::set_on`]), the paced threads write at full speed until it
+//! finds less again: paced, a 10 s run at max ingest left 5.5–9.4 s of
+//! applying behind it, against 0.8–0.9 s unpaced (BENCHMARKS.md), and a
+//! longer one would have filled `store.max_backlog`.
+//!
 //! The hook is the unix VFS's replaceable `pwrite` (`xSetSystemCall`, the
 //! interface SQLite provides for this): process-wide, but a thread that did
 //! not ask to be paced writes straight through. The bytes written and
@@ -23,7 +30,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,11 +43,41 @@ pub const CHUNK: usize = 64 * 1024;
 /// at 5,000/s, so each sync finds at most a chunk ahead of it.
 pub const PAUSE: Duration = Duration::from_millis(1);
 
-/// A paced thread's state: bytes since its last pause, and where its
-/// pauses are counted.
+/// What one store's paced threads share: whether they pause, and how
+/// many times they have.
+#[derive(Debug)]
+pub struct Pacing {
+    on: AtomicBool,
+    pauses: AtomicU64,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            on: AtomicBool::new(true),
+            pauses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Pacing {
+    /// Pauses on (SQLite keeps up) or off (it is behind the journal and
+    /// must catch up at full speed).
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Pauses taken so far.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
+}
+
+/// A paced thread's state: bytes since its last pause, and its store's
+/// [`Pacing`].
 struct Pacer {
     written: usize,
-    pauses: Arc<AtomicU64>,
+    pacing: Arc<Pacing>,
 }
 
 thread_local! {
@@ -75,10 +112,10 @@ pub fn install() -> bool {
     })
 }
 
-/// Paces SQLite's writes on the calling thread from now on, counting each
-/// pause in `pauses`.
-pub fn pace_this_thread(pauses: Arc<AtomicU64>) {
-    PACER.with(|p| *p.borrow_mut() = Some(Pacer { written: 0, pauses }));
+/// Paces SQLite's writes on the calling thread from now on, as `pacing`
+/// says.
+pub fn pace_this_thread(pacing: Arc<Pacing>) {
+    PACER.with(|p| *p.borrow_mut() = Some(Pacer { written: 0, pacing }));
 }
 
 /// SQLite's `pwrite`: the system call, then a pause where one is due.
@@ -104,12 +141,16 @@ fn after_write(fd: c_int, n: usize) {
         .try_with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
             let pacer = p.as_mut()?;
+            if !pacer.pacing.on.load(Ordering::Relaxed) {
+                pacer.written = 0;
+                return None;
+            }
             pacer.written += n;
             if pacer.written < CHUNK {
                 return None;
             }
             pacer.written = 0;
-            pacer.pauses.fetch_add(1, Ordering::Relaxed);
+            pacer.pacing.pauses.fetch_add(1, Ordering::Relaxed);
             Some(())
         })
         .ok()
@@ -148,17 +189,18 @@ mod tests {
     }
 
     /// Pauses counted while a thread that called [`pace_this_thread`]
-    /// runs `then`.
-    fn paced_pauses(then: impl FnOnce() + Send + 'static) -> u64 {
-        let pauses = Arc::new(AtomicU64::new(0));
-        let counted = pauses.clone();
+    /// runs `then`, with pauses `on` or off.
+    fn paced_pauses(on: bool, then: impl FnOnce() + Send + 'static) -> u64 {
+        let pacing = Arc::new(Pacing::default());
+        pacing.set_on(on);
+        let counted = pacing.clone();
         std::thread::spawn(move || {
             pace_this_thread(counted);
             then()
         })
         .join()
         .unwrap();
-        pauses.load(Ordering::Relaxed)
+        pacing.pauses()
     }
 
     #[test]
@@ -166,11 +208,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         // 1 MiB of rows: at least 16 chunks of WAL (more with page headers).
-        let pauses = paced_pauses(move || write_through_sqlite(&d, 1 << 20));
+        let pauses = paced_pauses(true, move || write_through_sqlite(&d, 1 << 20));
         assert!(
             (16..=64).contains(&pauses),
             "1 MiB written, {pauses} pauses (one per 64 KiB expected)"
         );
+    }
+
+    #[test]
+    fn a_paced_thread_with_pacing_off_writes_straight_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let pauses = paced_pauses(false, move || write_through_sqlite(&d, 1 << 20));
+        assert_eq!(pauses, 0, "1 MiB written with pacing off");
     }
 
     #[test]
@@ -187,13 +237,13 @@ mod tests {
         );
         // Another thread asked to be paced; this one was not, so its
         // writes land intact (checked inside) and count no pause there.
-        let pauses = Arc::new(AtomicU64::new(0));
-        let counted = pauses.clone();
+        let pacing = Arc::new(Pacing::default());
+        let counted = pacing.clone();
         std::thread::spawn(move || pace_this_thread(counted))
             .join()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_through_sqlite(dir.path(), 256 << 10);
-        assert_eq!(pauses.load(Ordering::Relaxed), 0);
+        assert_eq!(pacing.pauses(), 0);
     }
 }
