@@ -20,8 +20,8 @@
 //! journal. Once the applier finds a whole apply's worth waiting
 //! ([`Pacing::set_on`]), the paced threads write at full speed until it
 //! finds less again: paced, a 10 s run at max ingest left 5.5–9.4 s of
-//! applying behind it, against 0.8–0.9 s unpaced (BENCHMARKS.md), and a
-//! longer one would have filled `store.max_backlog`.
+//! applying behind it, against 0.8–0.9 s unpaced, and a 40 s one filled
+//! a `store.max_backlog` of 100,000 and got 503s (BENCHMARKS.md).
 //!
 //! The hook is the unix VFS's replaceable `pwrite` (`xSetSystemCall`, the
 //! interface SQLite provides for this): process-wide, but a thread that did
