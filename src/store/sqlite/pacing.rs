@@ -85,31 +85,40 @@ thread_local! {
 }
 
 /// Routes SQLite's writes through [`paced_pwrite`], once per process;
-/// `false` if SQLite's default VFS offers no `pwrite` to replace (pacing
-/// is then off and nothing else changes). Runs before the store's first
+/// `false` (and a warning, once) if SQLite's default VFS offers no
+/// `pwrite` to replace: pacing is then off and nothing else changes.
+/// Runs before the store's first
 /// connection opens: replacing the pointer while another thread writes
 /// through it would be a data race, so nothing in the process should open
 /// SQLite connections of its own before the store does.
 pub fn install() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     *INSTALLED.get_or_init(|| {
-        type Pwrite =
-            unsafe extern "C" fn(c_int, *const c_void, libc::size_t, libc::off_t) -> isize;
-        // SAFETY: the default VFS lives for the process; `xSetSystemCall`
-        // takes a type-erased pointer, and "pwrite" has `Pwrite`'s
-        // signature in the unix VFS (os_unix.c: osPwrite).
-        unsafe {
-            let vfs = ffi::sqlite3_vfs_find(std::ptr::null());
-            let Some(vfs) = vfs.as_mut() else {
-                return false;
-            };
-            let Some(set) = vfs.xSetSystemCall else {
-                return false;
-            };
-            let hook = std::mem::transmute::<Pwrite, unsafe extern "C" fn()>(paced_pwrite);
-            set(vfs, c"pwrite".as_ptr(), Some(hook)) == ffi::SQLITE_OK
+        let installed = replace_pwrite();
+        if !installed {
+            tracing::warn!("SQLite's VFS has no replaceable pwrite: its writes are not paced.");
         }
+        installed
     })
+}
+
+/// Installs [`paced_pwrite`] in the default VFS; `false` if it cannot.
+fn replace_pwrite() -> bool {
+    type Pwrite = unsafe extern "C" fn(c_int, *const c_void, libc::size_t, libc::off_t) -> isize;
+    // SAFETY: the default VFS lives for the process; `xSetSystemCall`
+    // takes a type-erased pointer, and "pwrite" has `Pwrite`'s
+    // signature in the unix VFS (os_unix.c: osPwrite).
+    unsafe {
+        let vfs = ffi::sqlite3_vfs_find(std::ptr::null());
+        let Some(vfs) = vfs.as_mut() else {
+            return false;
+        };
+        let Some(set) = vfs.xSetSystemCall else {
+            return false;
+        };
+        let hook = std::mem::transmute::<Pwrite, unsafe extern "C" fn()>(paced_pwrite);
+        set(vfs, c"pwrite".as_ptr(), Some(hook)) == ffi::SQLITE_OK
+    }
 }
 
 /// Paces SQLite's writes on the calling thread from now on, as `pacing`
