@@ -714,6 +714,17 @@ mod tests {
         assert_eq!(store.ingest(batch).await.unwrap().accepted, n);
     }
 
+    /// Ingests two requests of 1,000 messages (several chunks of WAL to
+    /// apply: the writer's pauses, and the checkpointer's if it ran by
+    /// then), waits until SQLite has them, and returns the pauses so far.
+    async fn pauses_after_two_batches(store: &SqliteStore, prefix: &str) -> u64 {
+        for b in 0..2 {
+            ingest_many(store, &format!("{prefix}{b}"), 1000).await;
+        }
+        store.caught_up().await;
+        store.write_pauses()
+    }
+
     async fn stored(store: &SqliteStore) -> usize {
         let all = ListQuery {
             limit: 10,
@@ -926,17 +937,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SqliteStore::open(&dir.path().join("inlet.db"), Duration::from_secs(1), 100).unwrap();
-        // Two batches of 1,000 messages: several chunks of WAL to apply
-        // (the writer's pauses, and the checkpointer's if it ran by then).
-        for b in 0..2 {
-            ingest_many(&store, &format!("g{b}"), 1000).await;
-        }
-        store.caught_up().await;
-        assert!(
-            store.write_pauses() >= 2,
-            "2,000 messages applied with {} pauses",
-            store.write_pauses()
-        );
+        let pauses = pauses_after_two_batches(&store, "g").await;
+        assert!(pauses >= 2, "2,000 messages applied with {pauses} pauses");
     }
 
     #[tokio::test]
@@ -964,14 +966,10 @@ mod tests {
             "a backlog of {journaled} journal bytes was stored with pauses"
         );
         // Caught up, the next applies find less waiting: paced again.
-        for b in 0..2 {
-            ingest_many(&store, &format!("h{b}"), 1000).await;
-        }
-        store.caught_up().await;
+        let pauses = pauses_after_two_batches(&store, "h").await;
         assert!(
-            store.write_pauses() >= 2,
-            "2,000 messages applied after the backlog with {} pauses",
-            store.write_pauses()
+            pauses >= 2,
+            "2,000 messages applied after the backlog with {pauses} pauses"
         );
     }
 
